@@ -1,0 +1,1 @@
+#include <librist/librist.h>
