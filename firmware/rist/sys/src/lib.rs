@@ -27,6 +27,6 @@ mod tests {
         assert_eq!(unsafe { rist_peer_config_defaults_set(&mut cfg) }, 0);
         // librist's default weight 0 means "duplicate to this peer".
         assert_eq!(cfg.weight, 0);
-        assert_eq!(cfg.session_timeout, RIST_DEFAULT_SESSION_TIMEOUT);
+        assert_eq!(cfg.recovery_length_min, RIST_DEFAULT_RECOVERY_LENGHT_MIN);
     }
 }
