@@ -1,0 +1,98 @@
+//! Statistics the bond publishes, serialisable for telemetry.
+
+use serde::Serialize;
+
+use crate::link::LinkState;
+
+/// One link of a sending bond.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LinkStats {
+    /// The link's name.
+    pub name: String,
+    /// Where it stands.
+    pub state: LinkState,
+    /// librist's smoothed round-trip time over this link, in ms.
+    pub rtt_ms: Option<u32>,
+    /// Lowest RTT seen recently (the link's unloaded RTT), in ms.
+    pub base_rtt_ms: Option<u32>,
+    /// RIST packets sent on this link (data and retransmissions).
+    pub sent_packets: u64,
+    /// Retransmissions sent on this link (they go where the NACK came from).
+    pub retransmitted_packets: u64,
+    /// Bytes sent on this link, all RIST overhead included.
+    pub sent_bytes: u64,
+    /// Bit rate sent on this link, over the last second, in kbit/s.
+    pub sent_kbps: f64,
+    /// The controller's estimate of what the link can carry, in kbit/s.
+    pub capacity_kbps: f64,
+    /// librist load-balancing weight (0 = duplicates only).
+    pub weight: u32,
+    /// Share of the bond's traffic over the last second, 0..1.
+    pub share: f64,
+    /// Packet loss toward the receiver in percent, as librist's sender sees it
+    /// (100 - its quality figure); RIST NACKs name packets, not links, so this
+    /// is an estimate.
+    pub loss_percent: f64,
+    /// Datagrams the OS refused to send (interface gone).
+    pub send_errors: u64,
+}
+
+/// A sending bond as a whole.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct BondStats {
+    /// Every link, in the order they were added.
+    pub links: Vec<LinkStats>,
+    /// Bytes of MPEG-TS the application handed over.
+    pub input_bytes: u64,
+    /// Bit rate all links send, over the last second, in kbit/s.
+    pub sent_kbps: f64,
+    /// What the bond can carry now, with headroom for retransmissions; the
+    /// encoder bitrate should follow it.
+    pub usable_kbps: f64,
+    /// Retransmissions over all links.
+    pub retransmitted_packets: u64,
+}
+
+/// One port (one link) of a receiving bond.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PortStats {
+    /// The UDP port.
+    pub port: u16,
+    /// RIST datagrams received on it.
+    pub packets: u64,
+    /// Bytes received on it.
+    pub bytes: u64,
+    /// Share of all RIST bytes received over the last second, 0..1.
+    pub share: f64,
+    /// Datagrams dropped because they were not RIST.
+    pub garbage: u64,
+    /// librist's RTT for the peer on this port, in ms, when it reports one.
+    pub rtt_ms: Option<u32>,
+}
+
+/// A receiving bond: the reassembled flow and each port.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct FlowStats {
+    /// RTP packets received (first copies and recoveries).
+    pub received: u64,
+    /// Packets that arrived only thanks to a retransmission.
+    pub recovered: u64,
+    /// Packets that never arrived in time: a gap in the output.
+    pub lost: u64,
+    /// Packets that were missing at some point (recovered or not).
+    pub missing: u64,
+    /// Duplicates and reordered packets are normal in a bond; counted for insight.
+    pub reordered: u64,
+    /// Bytes of MPEG-TS handed to the application.
+    pub output_bytes: u64,
+    /// Incoming bit rate as librist measures it, in kbit/s.
+    pub bitrate_kbps: f64,
+    /// Datagrams dropped on our ports because they were not RIST.
+    pub garbage_datagrams: u64,
+    /// Packets that failed to decrypt (wrong or missing PSK).
+    pub auth_failures: u64,
+    /// Per port.
+    pub ports: Vec<PortStats>,
+    /// Why nothing is coming through, when we can tell.
+    pub problem: Option<String>,
+}
