@@ -209,7 +209,10 @@ impl SimConfig {
             check_impairment(&l.name, &l.impairment)?;
             for e in &l.events {
                 if !(e.at_s.is_finite() && e.at_s >= 0.0) {
-                    return bad(format!("link {:?}: event time {} is invalid", l.name, e.at_s));
+                    return bad(format!(
+                        "link {:?}: event time {} is invalid",
+                        l.name, e.at_s
+                    ));
                 }
                 let mut imp = l.impairment.clone();
                 e.apply(&mut imp);
@@ -244,7 +247,10 @@ fn check_impairment(name: &str, imp: &Impairment) -> Result<(), ConfigError> {
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(ConfigError::Invalid(format!("link {name:?}: {}", problems.join("; "))))
+        Err(ConfigError::Invalid(format!(
+            "link {name:?}: {}",
+            problems.join("; ")
+        )))
     }
 }
 
@@ -278,7 +284,10 @@ mod tests {
         let l = &c.links[0];
         assert_eq!(l.impairment.rate_kbps, Some(1000));
         assert_eq!(l.impairment.queue_ms, 300);
-        assert_eq!(l.impairment.burst.as_ref().unwrap().loss_in_bad_percent, 100.0);
+        assert_eq!(
+            l.impairment.burst.as_ref().unwrap().loss_in_bad_percent,
+            100.0
+        );
         assert_eq!(l.events.len(), 2);
         assert_eq!(l.events[0].up, Some(false));
     }
@@ -296,9 +305,15 @@ mod tests {
             ("loss_percent = 0.5", "loss_percent = 150", "loss_percent"),
             ("rate_kbps = 1000", "rate_kbps = 0", "rate_kbps"),
             ("at_s = 10", "at_s = -1", "event time"),
-            ("jitter_ms = 2", "jitter_ms = 2\ncolour = 3", "unknown field"),
+            (
+                "jitter_ms = 2",
+                "jitter_ms = 2\ncolour = 3",
+                "unknown field",
+            ),
         ] {
-            let e = SimConfig::from_toml(&EXAMPLE.replace(from, to)).unwrap_err().to_string();
+            let e = SimConfig::from_toml(&EXAMPLE.replace(from, to))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(want), "{from} -> {to}: {e}");
         }
     }

@@ -30,9 +30,15 @@ async fn main() -> anyhow::Result<()> {
     let cfg = SimConfig::from_file(&args.config)?;
     let sim = LinkSim::start(cfg).await?;
     for s in sim.stats() {
-        println!("link {} listening on {}", s.name, sim.listen_addr(&s.name).expect("link"));
+        println!(
+            "link {} listening on {}",
+            s.name,
+            sim.listen_addr(&s.name).expect("link")
+        );
     }
-    let deadline = args.duration.map(|d| sim.started() + Duration::from_secs_f64(d));
+    let deadline = args
+        .duration
+        .map(|d| sim.started() + Duration::from_secs_f64(d));
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last = sim.stats();
     loop {

@@ -120,7 +120,11 @@ impl LinkSim {
             links.push(link);
             tasks.append(&mut t);
         }
-        Ok(LinkSim { links, tasks, started })
+        Ok(LinkSim {
+            links,
+            tasks,
+            started,
+        })
     }
 
     /// When the timeline started.
@@ -204,8 +208,18 @@ async fn start_link(
     let down_seed = up_seed ^ 0xD1B5_4A32_D192_ED03;
     let mut tasks = Vec::new();
     for (dir, from, to, shaper) in [
-        (Direction::Up, front.clone(), back.clone(), Shaper::new(up_seed, true)),
-        (Direction::Down, back.clone(), front.clone(), Shaper::new(down_seed, false)),
+        (
+            Direction::Up,
+            front.clone(),
+            back.clone(),
+            Shaper::new(up_seed, true),
+        ),
+        (
+            Direction::Down,
+            back.clone(),
+            front.clone(),
+            Shaper::new(down_seed, false),
+        ),
     ] {
         let (tx, rx) = mpsc::unbounded_channel();
         tasks.push(tokio::spawn(judge(link.clone(), dir, from, shaper, tx)));
@@ -288,7 +302,9 @@ async fn deliver(
         let Some(dest) = dest else { continue };
         if sock.send_to(&data, dest).await.is_ok() {
             counters.delivered.fetch_add(1, Ordering::Relaxed);
-            counters.bytes_delivered.fetch_add(data.len() as u64, Ordering::Relaxed);
+            counters
+                .bytes_delivered
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
         }
     }
 }
@@ -308,10 +324,15 @@ mod tests {
     #[tokio::test]
     async fn relays_both_ways_with_delay() {
         let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let sim = LinkSim::start(cfg(server.local_addr().unwrap(), "delay_ms = 30")).await.unwrap();
+        let sim = LinkSim::start(cfg(server.local_addr().unwrap(), "delay_ms = 30"))
+            .await
+            .unwrap();
         let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let t0 = Instant::now();
-        client.send_to(b"ping", sim.listen_addr("a").unwrap()).await.unwrap();
+        client
+            .send_to(b"ping", sim.listen_addr("a").unwrap())
+            .await
+            .unwrap();
         let mut buf = [0u8; 16];
         let (n, from) = server.recv_from(&mut buf).await.unwrap();
         assert_eq!(&buf[..n], b"ping");
@@ -327,8 +348,11 @@ mod tests {
     #[tokio::test]
     async fn timeline_takes_link_down_and_up() {
         let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let extra = "[[link.event]]\nat_s = 0.2\nup = false\n[[link.event]]\nat_s = 0.5\nup = true\n";
-        let sim = LinkSim::start(cfg(server.local_addr().unwrap(), extra)).await.unwrap();
+        let extra =
+            "[[link.event]]\nat_s = 0.2\nup = false\n[[link.event]]\nat_s = 0.5\nup = true\n";
+        let sim = LinkSim::start(cfg(server.local_addr().unwrap(), extra))
+            .await
+            .unwrap();
         let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let dest = sim.listen_addr("a").unwrap();
         for _ in 0..70 {

@@ -90,7 +90,8 @@ impl Shaper {
             if start.duration_since(now) > Duration::from_millis(u64::from(imp.queue_ms)) {
                 return Verdict::Drop(DropReason::Queue);
             }
-            let serialization = Duration::from_secs_f64(len as f64 * 8.0 / (f64::from(kbps) * 1000.0));
+            let serialization =
+                Duration::from_secs_f64(len as f64 * 8.0 / (f64::from(kbps) * 1000.0));
             departure = start + serialization;
             self.busy_until = Some(departure);
         }
@@ -123,7 +124,9 @@ mod tests {
     fn run(seed: u64, imp: &Impairment, n: usize, gap: Duration) -> Vec<Verdict> {
         let mut s = Shaper::new(seed, true);
         let t0 = Instant::now();
-        (0..n).map(|i| s.admit(imp, t0 + gap * i as u32, 1316)).collect()
+        (0..n)
+            .map(|i| s.admit(imp, t0 + gap * i as u32, 1316))
+            .collect()
     }
 
     #[test]
@@ -140,16 +143,32 @@ mod tests {
             ..Default::default()
         };
         let gap = Duration::from_millis(1);
-        let drops = |v: &[Verdict]| v.iter().map(|x| matches!(x, Verdict::Drop(_))).collect::<Vec<_>>();
-        assert_eq!(drops(&run(9, &imp, 2000, gap)), drops(&run(9, &imp, 2000, gap)));
-        assert_ne!(drops(&run(9, &imp, 2000, gap)), drops(&run(10, &imp, 2000, gap)));
+        let drops = |v: &[Verdict]| {
+            v.iter()
+                .map(|x| matches!(x, Verdict::Drop(_)))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            drops(&run(9, &imp, 2000, gap)),
+            drops(&run(9, &imp, 2000, gap))
+        );
+        assert_ne!(
+            drops(&run(9, &imp, 2000, gap)),
+            drops(&run(10, &imp, 2000, gap))
+        );
     }
 
     #[test]
     fn random_loss_rate_is_close_to_configured() {
-        let imp = Impairment { loss_percent: 2.0, ..Default::default() };
+        let imp = Impairment {
+            loss_percent: 2.0,
+            ..Default::default()
+        };
         let v = run(1, &imp, 50_000, Duration::from_micros(100));
-        let lost = v.iter().filter(|x| **x == Verdict::Drop(DropReason::Loss)).count();
+        let lost = v
+            .iter()
+            .filter(|x| **x == Verdict::Drop(DropReason::Loss))
+            .count();
         let pct = lost as f64 * 100.0 / v.len() as f64;
         assert!((1.7..2.3).contains(&pct), "loss {pct}%");
     }
@@ -176,7 +195,11 @@ mod tests {
     #[test]
     fn rate_limit_bounds_throughput_and_tail_drops() {
         // 1 Mbit/s link offered ~2.1 Mbit/s: about half is dropped at the queue.
-        let imp = Impairment { rate_kbps: Some(1000), queue_ms: 100, ..Default::default() };
+        let imp = Impairment {
+            rate_kbps: Some(1000),
+            queue_ms: 100,
+            ..Default::default()
+        };
         let v = run(1, &imp, 2000, Duration::from_millis(5));
         let t0 = match v[0] {
             Verdict::Deliver(t) => t,
@@ -184,7 +207,13 @@ mod tests {
         };
         let delivered: Vec<Instant> = v
             .iter()
-            .filter_map(|x| if let Verdict::Deliver(t) = x { Some(*t) } else { None })
+            .filter_map(|x| {
+                if let Verdict::Deliver(t) = x {
+                    Some(*t)
+                } else {
+                    None
+                }
+            })
             .collect();
         let span = delivered.last().unwrap().duration_since(t0).as_secs_f64();
         let kbps = (delivered.len() - 1) as f64 * 1316.0 * 8.0 / span / 1000.0;
@@ -194,14 +223,20 @@ mod tests {
 
     #[test]
     fn never_reorders_and_honours_delay() {
-        let imp = Impairment { delay_ms: 30.0, jitter_ms: 20.0, ..Default::default() };
+        let imp = Impairment {
+            delay_ms: 30.0,
+            jitter_ms: 20.0,
+            ..Default::default()
+        };
         let gap = Duration::from_millis(1);
         let mut s = Shaper::new(5, true);
         let t0 = Instant::now();
         let mut last = t0;
         for i in 0..1000u32 {
             let now = t0 + gap * i;
-            let Verdict::Deliver(at) = s.admit(&imp, now, 100) else { panic!() };
+            let Verdict::Deliver(at) = s.admit(&imp, now, 100) else {
+                panic!()
+            };
             assert!(at >= last);
             assert!(at >= now + Duration::from_millis(10));
             assert!(at <= now + Duration::from_millis(51) || at == last);
@@ -211,9 +246,14 @@ mod tests {
 
     #[test]
     fn outage_drops_everything() {
-        let imp = Impairment { up: false, ..Default::default() };
-        assert!(run(1, &imp, 100, Duration::from_millis(1))
-            .iter()
-            .all(|v| *v == Verdict::Drop(DropReason::Outage)));
+        let imp = Impairment {
+            up: false,
+            ..Default::default()
+        };
+        assert!(
+            run(1, &imp, 100, Duration::from_millis(1))
+                .iter()
+                .all(|v| *v == Verdict::Drop(DropReason::Outage))
+        );
     }
 }

@@ -167,7 +167,9 @@ pub fn tick(
         .iter_mut()
         .map(|l| {
             let target = match l.state {
-                LinkState::Up => ((1000.0 * l.capacity_kbps / max_cap).round() as u32).clamp(1, 1000),
+                LinkState::Up => {
+                    ((1000.0 * l.capacity_kbps / max_cap).round() as u32).clamp(1, 1000)
+                }
                 // A token share: librist never declares a peer dead that never
                 // answered, so weight 0 would copy the whole stream to it forever.
                 LinkState::Probing => 1,
@@ -182,13 +184,20 @@ pub fn tick(
             if moved {
                 l.weight = target;
             }
-            Decision { state: l.state, weight: l.weight, weight_changed: moved }
+            Decision {
+                state: l.state,
+                weight: l.weight,
+                weight_changed: moved,
+            }
         })
         .collect()
 }
 
 /// The bond's usable capacity: what the encoder may send, kbit/s.
-pub fn usable_kbps<'a>(cfg: &ControllerConfig, links: impl IntoIterator<Item = &'a LinkControl>) -> f64 {
+pub fn usable_kbps<'a>(
+    cfg: &ControllerConfig,
+    links: impl IntoIterator<Item = &'a LinkControl>,
+) -> f64 {
     links
         .into_iter()
         .filter(|l| l.state == LinkState::Up)
@@ -211,7 +220,9 @@ fn update_link(cfg: &ControllerConfig, now: Instant, l: &mut LinkControl, o: &Ob
     }
     l.last_sent_bytes = Some((now, o.sent_bytes));
 
-    let heard_recently = o.last_heard.is_some_and(|t| now.saturating_duration_since(t) < cfg.dark_after);
+    let heard_recently = o
+        .last_heard
+        .is_some_and(|t| now.saturating_duration_since(t) < cfg.dark_after);
     match (l.state, heard_recently) {
         (LinkState::Probing, true) => l.set_state(LinkState::Up, now),
         (LinkState::Up, false) => {
@@ -231,9 +242,15 @@ fn update_link(cfg: &ControllerConfig, now: Instant, l: &mut LinkControl, o: &Ob
         return;
     }
 
-    let Some(rtt) = o.rtt_ms.filter(|r| *r > 0) else { return };
+    let Some(rtt) = o.rtt_ms.filter(|r| *r > 0) else {
+        return;
+    };
     l.rtts.push_back((now, rtt));
-    while l.rtts.front().is_some_and(|(t, _)| now.duration_since(*t) > cfg.base_rtt_window) {
+    while l
+        .rtts
+        .front()
+        .is_some_and(|(t, _)| now.duration_since(*t) > cfg.base_rtt_window)
+    {
         l.rtts.pop_front();
     }
     let base = f64::from(l.base_rtt_ms().unwrap_or(rtt));
@@ -289,10 +306,26 @@ mod tests {
             now += cfg.tick;
             // Link 0 queues (RTT climbs), link 1 stays at its base RTT.
             let rtt0 = if i < 5 { 40 } else { 40 + 20 * (i - 4).min(10) };
-            step(&cfg, now, &mut links, &mut sent, &[1500.0, 1500.0], &[rtt0, 50], &[true, true]);
+            step(
+                &cfg,
+                now,
+                &mut links,
+                &mut sent,
+                &[1500.0, 1500.0],
+                &[rtt0, 50],
+                &[true, true],
+            );
         }
-        assert!(links[0].capacity_kbps() < 800.0, "{}", links[0].capacity_kbps());
-        assert!(links[1].capacity_kbps() > 1500.0, "{}", links[1].capacity_kbps());
+        assert!(
+            links[0].capacity_kbps() < 800.0,
+            "{}",
+            links[0].capacity_kbps()
+        );
+        assert!(
+            links[1].capacity_kbps() > 1500.0,
+            "{}",
+            links[1].capacity_kbps()
+        );
         assert!(links[0].weight() < links[1].weight());
         assert!(links[0].weight() >= 1);
     }
@@ -312,8 +345,22 @@ mod tests {
                 last_heard = now;
             }
             let obs = [
-                Observation { sent_bytes: { sent[0] += 25_000; sent[0] }, last_heard: Some(now), rtt_ms: Some(50) },
-                Observation { sent_bytes: { sent[1] += 25_000; sent[1] }, last_heard: Some(last_heard), rtt_ms: Some(50) },
+                Observation {
+                    sent_bytes: {
+                        sent[0] += 25_000;
+                        sent[0]
+                    },
+                    last_heard: Some(now),
+                    rtt_ms: Some(50),
+                },
+                Observation {
+                    sent_bytes: {
+                        sent[1] += 25_000;
+                        sent[1]
+                    },
+                    last_heard: Some(last_heard),
+                    rtt_ms: Some(50),
+                },
             ];
             let d = tick(&cfg, now, &mut links.iter_mut().collect::<Vec<_>>(), &obs);
             if i == 24 {
@@ -335,11 +382,27 @@ mod tests {
         let t0 = Instant::now();
         let mut links = vec![LinkControl::new(t0, 1000.0), LinkControl::new(t0, 1000.0)];
         let mut sent = [0, 0];
-        let d = step(&cfg, t0 + cfg.tick, &mut links, &mut sent, &[0.0, 0.0], &[40, 40], &[true, false]);
+        let d = step(
+            &cfg,
+            t0 + cfg.tick,
+            &mut links,
+            &mut sent,
+            &[0.0, 0.0],
+            &[40, 40],
+            &[true, false],
+        );
         assert_eq!((d[0].state, d[0].weight), (LinkState::Up, 1000));
         assert_eq!((d[1].state, d[1].weight), (LinkState::Probing, 1));
         // No load: estimates and weights stay put, no needless weight_set.
-        let d = step(&cfg, t0 + cfg.tick * 2, &mut links, &mut sent, &[0.0, 0.0], &[40, 40], &[true, false]);
+        let d = step(
+            &cfg,
+            t0 + cfg.tick * 2,
+            &mut links,
+            &mut sent,
+            &[0.0, 0.0],
+            &[40, 40],
+            &[true, false],
+        );
         assert!(!d[0].weight_changed && !d[1].weight_changed);
     }
 }

@@ -32,7 +32,12 @@ pub struct LinkSpec {
 impl LinkSpec {
     /// A link to `remote` with the OS's default route.
     pub fn new(name: impl Into<String>, remote: SocketAddr) -> Self {
-        Self { name: name.into(), bind: LinkBind::Any, remote, initial_kbps: None }
+        Self {
+            name: name.into(),
+            bind: LinkBind::Any,
+            remote,
+            initial_kbps: None,
+        }
     }
 }
 
@@ -41,9 +46,9 @@ impl FromStr for LinkSpec {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (name, rest) = s
-            .split_once('=')
-            .ok_or_else(|| format!("link {s:?}: expected NAME=HOST:PORT[,dev=IFACE|,src=IP][,kbps=N]"))?;
+        let (name, rest) = s.split_once('=').ok_or_else(|| {
+            format!("link {s:?}: expected NAME=HOST:PORT[,dev=IFACE|,src=IP][,kbps=N]")
+        })?;
         let mut parts = rest.split(',');
         let remote = parts.next().unwrap_or_default();
         let remote: SocketAddr = remote
@@ -55,12 +60,15 @@ impl FromStr for LinkSpec {
                 Some(("dev", d)) if !d.is_empty() => spec.bind = LinkBind::Interface(d.into()),
                 Some(("src", ip)) => {
                     spec.bind = LinkBind::Source(
-                        ip.parse().map_err(|e| format!("link {name:?}: bad src {ip:?}: {e}"))?,
+                        ip.parse()
+                            .map_err(|e| format!("link {name:?}: bad src {ip:?}: {e}"))?,
                     )
                 }
                 Some(("kbps", k)) => {
-                    spec.initial_kbps =
-                        Some(k.parse().map_err(|e| format!("link {name:?}: bad kbps {k:?}: {e}"))?)
+                    spec.initial_kbps = Some(
+                        k.parse()
+                            .map_err(|e| format!("link {name:?}: bad kbps {k:?}: {e}"))?,
+                    )
                 }
                 _ => return Err(format!("link {name:?}: unknown option {p:?}")),
             }
@@ -100,6 +108,11 @@ mod tests {
         assert_eq!(l.bind, LinkBind::Source("127.0.0.2".parse().unwrap()));
         assert!("nope".parse::<LinkSpec>().is_err());
         assert!("a=1.2.3.4".parse::<LinkSpec>().is_err());
-        assert!("a=1.2.3.4:5,colour=red".parse::<LinkSpec>().unwrap_err().contains("unknown option"));
+        assert!(
+            "a=1.2.3.4:5,colour=red"
+                .parse::<LinkSpec>()
+                .unwrap_err()
+                .contains("unknown option")
+        );
     }
 }

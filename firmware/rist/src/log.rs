@@ -23,7 +23,10 @@ pub(crate) struct LogTap {
 
 impl LogTap {
     pub fn new(role: &'static str) -> Self {
-        Self { role, ..Default::default() }
+        Self {
+            role,
+            ..Default::default()
+        }
     }
 
     fn classify(&self, level: sys::rist_log_level, msg: &str) {
@@ -52,7 +55,11 @@ impl LogTap {
 }
 
 /// The C callback; `arg` is a `*const LogTap` that outlives the context.
-unsafe extern "C" fn log_cb(arg: *mut c_void, level: sys::rist_log_level, msg: *const c_char) -> c_int {
+unsafe extern "C" fn log_cb(
+    arg: *mut c_void,
+    level: sys::rist_log_level,
+    msg: *const c_char,
+) -> c_int {
     if arg.is_null() || msg.is_null() {
         return 0;
     }
@@ -66,7 +73,9 @@ unsafe extern "C" fn log_cb(arg: *mut c_void, level: sys::rist_log_level, msg: *
     use sys::rist_log_level as L;
     match level {
         L::RIST_LOG_ERROR => tracing::warn!(target: "librist", role = tap.role, "{msg}"),
-        L::RIST_LOG_WARN | L::RIST_LOG_NOTICE => tracing::info!(target: "librist", role = tap.role, "{msg}"),
+        L::RIST_LOG_WARN | L::RIST_LOG_NOTICE => {
+            tracing::info!(target: "librist", role = tap.role, "{msg}")
+        }
         L::RIST_LOG_INFO => tracing::debug!(target: "librist", role = tap.role, "{msg}"),
         _ => tracing::trace!(target: "librist", role = tap.role, "{msg}"),
     }

@@ -8,7 +8,11 @@ use crate::psk::Psk;
 
 /// Copies `s` into a fixed C string field, NUL-terminated.
 fn set_cstr(field: &mut [c_char], s: &str) -> anyhow::Result<()> {
-    anyhow::ensure!(s.len() < field.len(), "{s:?} is too long for librist ({} max)", field.len() - 1);
+    anyhow::ensure!(
+        s.len() < field.len(),
+        "{s:?} is too long for librist ({} max)",
+        field.len() - 1
+    );
     for (d, b) in field.iter_mut().zip(s.bytes().chain(std::iter::once(0))) {
         *d = b as c_char;
     }
@@ -71,7 +75,8 @@ pub(crate) fn set_stats_callback(
     arg: *const c_void,
 ) -> anyhow::Result<()> {
     // SAFETY: ctx is live; arg outlives the context (documented at each caller).
-    let rc = unsafe { sys::rist_stats_callback_set(ctx.0, interval_ms, Some(cb), arg as *mut c_void) };
+    let rc =
+        unsafe { sys::rist_stats_callback_set(ctx.0, interval_ms, Some(cb), arg as *mut c_void) };
     anyhow::ensure!(rc == 0, "rist_stats_callback_set failed ({rc})");
     Ok(())
 }

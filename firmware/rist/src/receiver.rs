@@ -91,36 +91,64 @@ impl BondedReceiver {
         let log = LogSettings::new(&tap).map_err(|e| ReceiveError::Rist(e.to_string()))?;
         let mut ctx = ptr::null_mut();
         // SAFETY: ctx is a valid out-pointer; log settings outlive the context.
-        let rc = unsafe { sys::rist_receiver_create(&mut ctx, sys::rist_profile::RIST_PROFILE_MAIN, log.as_ptr()) };
+        let rc = unsafe {
+            sys::rist_receiver_create(&mut ctx, sys::rist_profile::RIST_PROFILE_MAIN, log.as_ptr())
+        };
         if rc != 0 || ctx.is_null() {
-            return Err(ReceiveError::Rist(format!("rist_receiver_create failed ({rc})")));
+            return Err(ReceiveError::Rist(format!(
+                "rist_receiver_create failed ({rc})"
+            )));
         }
-        let shared = Arc::new(Shared { flow: Mutex::new(FlowTotals::default()), output_bytes: AtomicU64::new(0) });
+        let shared = Arc::new(Shared {
+            flow: Mutex::new(FlowTotals::default()),
+            output_bytes: AtomicU64::new(0),
+        });
         let mut me = Self {
             ctx: Ctx(ctx),
             ports: Vec::new(),
             shared,
-            share: Mutex::new(ShareWindow { at: Instant::now(), start: Vec::new(), shares: Vec::new() }),
+            share: Mutex::new(ShareWindow {
+                at: Instant::now(),
+                start: Vec::new(),
+                shares: Vec::new(),
+            }),
             tap,
             log: Some(log),
         };
-        set_stats_callback(me.ctx, 250, stats_cb, Arc::as_ptr(&me.shared) as *const c_void)
-            .map_err(|e| ReceiveError::Rist(e.to_string()))?;
+        set_stats_callback(
+            me.ctx,
+            250,
+            stats_cb,
+            Arc::as_ptr(&me.shared) as *const c_void,
+        )
+        .map_err(|e| ReceiveError::Rist(e.to_string()))?;
         for addr in &cfg.listen {
-            let outside = UdpSocket::bind(addr).map_err(|source| ReceiveError::Bind { addr: *addr, source })?;
+            let outside = UdpSocket::bind(addr).map_err(|source| ReceiveError::Bind {
+                addr: *addr,
+                source,
+            })?;
             socket2::SockRef::from(&outside).set_recv_buffer_size(1 << 21)?;
             let port = outside.local_addr()?.port();
             let inner = relay::free_loopback_port()?;
-            let mut pc = peer_config(&format!("rist://@127.0.0.1:{inner}"), cfg.psk.as_ref(), cfg.buffer_ms, 0, "strata-receiver")
-                .map_err(|e| ReceiveError::Rist(e.to_string()))?;
+            let mut pc = peer_config(
+                &format!("rist://@127.0.0.1:{inner}"),
+                cfg.psk.as_ref(),
+                cfg.buffer_ms,
+                0,
+                "strata-receiver",
+            )
+            .map_err(|e| ReceiveError::Rist(e.to_string()))?;
             let mut peer = ptr::null_mut();
             // SAFETY: ctx is live and pc valid; librist copies it.
             let rc = unsafe { sys::rist_peer_create(ctx, &mut peer, &pc) };
             scrub(&mut pc);
             if rc != 0 {
-                return Err(ReceiveError::Rist(format!("rist_peer_create failed for port {port} ({rc})")));
+                return Err(ReceiveError::Rist(format!(
+                    "rist_peer_create failed for port {port} ({rc})"
+                )));
             }
-            me.ports.push((port, relay::start_receiver_relay(outside, inner)?));
+            me.ports
+                .push((port, relay::start_receiver_relay(outside, inner)?));
         }
         // SAFETY: ctx is live.
         let rc = unsafe { sys::rist_start(ctx) };
@@ -142,7 +170,9 @@ impl BondedReceiver {
         // SAFETY: ctx is live; block is a valid out-pointer.
         let rc = unsafe { sys::rist_receiver_data_read2(self.ctx.0, &mut block, ms) };
         if rc < 0 {
-            return Err(ReceiveError::Rist(format!("rist_receiver_data_read2 failed ({rc})")));
+            return Err(ReceiveError::Rist(format!(
+                "rist_receiver_data_read2 failed ({rc})"
+            )));
         }
         if block.is_null() {
             return Ok(None);
@@ -154,14 +184,20 @@ impl BondedReceiver {
         };
         // SAFETY: block came from data_read2 and is freed once.
         unsafe { sys::rist_receiver_data_block_free2(&mut block) };
-        self.shared.output_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.shared
+            .output_bytes
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
         Ok(Some(data))
     }
 
     /// Flow and per-port statistics now.
     pub fn stats(&self) -> FlowStats {
         let f = self.shared.flow.lock().expect("flow lock");
-        let bytes: Vec<u64> = self.ports.iter().map(|(_, r)| r.counters.out_bytes.load(Ordering::Relaxed)).collect();
+        let bytes: Vec<u64> = self
+            .ports
+            .iter()
+            .map(|(_, r)| r.counters.out_bytes.load(Ordering::Relaxed))
+            .collect();
         let shares = {
             let mut w = self.share.lock().expect("share lock");
             if w.start.len() != bytes.len() {
@@ -170,7 +206,16 @@ impl BondedReceiver {
             if w.at.elapsed() >= Duration::from_secs(1) {
                 let d: Vec<u64> = bytes.iter().zip(&w.start).map(|(b, s)| b - s).collect();
                 let total: u64 = d.iter().sum();
-                w.shares = d.iter().map(|x| if total > 0 { *x as f64 / total as f64 } else { 0.0 }).collect();
+                w.shares = d
+                    .iter()
+                    .map(|x| {
+                        if total > 0 {
+                            *x as f64 / total as f64
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect();
                 w.start = bytes.clone();
                 w.at = Instant::now();
             }
@@ -189,9 +234,14 @@ impl BondedReceiver {
                 rtt_ms: None,
             })
             .collect();
-        let garbage = ports.iter().map(|p| p.garbage).sum::<u64>() + self.tap.malformed.load(Ordering::Relaxed);
+        let garbage = ports.iter().map(|p| p.garbage).sum::<u64>()
+            + self.tap.malformed.load(Ordering::Relaxed);
         let auth_failures = self.tap.auth_failures.load(Ordering::Relaxed);
-        let problem = if f.received == 0 { self.tap.auth_problem() } else { None };
+        let problem = if f.received == 0 {
+            self.tap.auth_problem()
+        } else {
+            None
+        };
         FlowStats {
             received: f.received,
             recovered: f.recovered,
@@ -254,13 +304,19 @@ unsafe extern "C" fn stats_cb(arg: *mut c_void, stats: *const sys::rist_stats) -
 
 /// RTTs of the live peers in librist's JSON flow report.
 fn peer_rtts(json: &str) -> Vec<u32> {
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else { return Vec::new() };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
+        return Vec::new();
+    };
     v.pointer("/receiver-stats/flowinstant/peers")
         .and_then(|p| p.as_array())
         .map(|peers| {
             peers
                 .iter()
-                .filter_map(|p| p.pointer("/stats/rtt").and_then(|r| r.as_u64()).map(|r| r as u32))
+                .filter_map(|p| {
+                    p.pointer("/stats/rtt")
+                        .and_then(|r| r.as_u64())
+                        .map(|r| r as u32)
+                })
                 .collect()
         })
         .unwrap_or_default()

@@ -13,8 +13,8 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -67,7 +67,9 @@ impl RelayCounters {
         self.in_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         let ns = self.epoch.elapsed().as_nanos().max(1) as u64;
         self.last_in_ns.store(ns, Ordering::Relaxed);
-        let _ = self.first_in_ns.compare_exchange(0, ns, Ordering::Relaxed, Ordering::Relaxed);
+        let _ = self
+            .first_in_ns
+            .compare_exchange(0, ns, Ordering::Relaxed, Ordering::Relaxed);
     }
 
     fn mark_out(&self, bytes: usize) {
@@ -99,7 +101,10 @@ pub(crate) fn looks_like_rist(d: &[u8]) -> bool {
     if d.len() < 4 || d[1] & 0x07 != 0 {
         return false;
     }
-    matches!(u16::from_be_bytes([d[2], d[3]]), 0x88B6 | 0x0800 | 0x88B5 | 0x888E)
+    matches!(
+        u16::from_be_bytes([d[2], d[3]]),
+        0x88B6 | 0x0800 | 0x88B5 | 0x888E
+    )
 }
 
 fn wildcard(remote: &SocketAddr) -> SocketAddr {
@@ -112,7 +117,11 @@ fn wildcard(remote: &SocketAddr) -> SocketAddr {
 
 /// A UDP socket that leaves by the link's interface or source address.
 pub(crate) fn outside_socket(bind: &LinkBind, remote: &SocketAddr) -> io::Result<UdpSocket> {
-    let domain = if remote.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
+    let domain = if remote.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
     let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
     // Room for a burst of retransmissions on a fast link.
     let _ = s.set_send_buffer_size(1 << 20);
@@ -142,7 +151,11 @@ fn loopback_socket(port: u16) -> io::Result<UdpSocket> {
 fn poll_readable(fds: &[i32], ready: &mut Vec<bool>) -> io::Result<()> {
     let mut p: Vec<libc::pollfd> = fds
         .iter()
-        .map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 })
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
         .collect();
     // SAFETY: p is a valid array of pollfd of the given length.
     let rc = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, POLL_MS) };
@@ -153,7 +166,10 @@ fn poll_readable(fds: &[i32], ready: &mut Vec<bool>) -> io::Result<()> {
         }
     }
     ready.clear();
-    ready.extend(p.iter().map(|x| x.revents & (libc::POLLIN | libc::POLLERR) != 0));
+    ready.extend(
+        p.iter()
+            .map(|x| x.revents & (libc::POLLIN | libc::POLLERR) != 0),
+    );
     Ok(())
 }
 
@@ -193,7 +209,14 @@ pub(crate) fn start_sender_relay(
                 tracing::error!("link relay stopped: {e}");
             }
         })?;
-    Ok((Relay { counters, stop, thread: Some(thread) }, port))
+    Ok((
+        Relay {
+            counters,
+            stop,
+            thread: Some(thread),
+        },
+        port,
+    ))
 }
 
 fn sender_loop(
@@ -255,10 +278,7 @@ struct Remote {
 
 /// Receiver side: owns a public port; forwards RIST datagrams to librist
 /// listening on `librist_port`, one loopback socket per remote.
-pub(crate) fn start_receiver_relay(
-    outside: UdpSocket,
-    librist_port: u16,
-) -> io::Result<Relay> {
+pub(crate) fn start_receiver_relay(outside: UdpSocket, librist_port: u16) -> io::Result<Relay> {
     let counters = Arc::new(RelayCounters::new());
     let stop = Arc::new(AtomicBool::new(false));
     let (c, st) = (counters.clone(), stop.clone());
@@ -270,7 +290,11 @@ pub(crate) fn start_receiver_relay(
                 tracing::error!(port, "receiver relay stopped: {e}");
             }
         })?;
-    Ok(Relay { counters, stop, thread: Some(thread) })
+    Ok(Relay {
+        counters,
+        stop,
+        thread: Some(thread),
+    })
 }
 
 /// Remotes silent this long are forgotten (a modem that changed address).
@@ -315,7 +339,13 @@ fn receiver_loop(
                     let inside = loopback_socket(0)?;
                     inside.set_nonblocking(true)?;
                     tracing::debug!(%from, "new remote on receiver port");
-                    remotes.insert(from, Remote { inside, last: Instant::now() });
+                    remotes.insert(
+                        from,
+                        Remote {
+                            inside,
+                            last: Instant::now(),
+                        },
+                    );
                 }
                 let r = remotes.get_mut(&from).expect("inserted");
                 r.last = Instant::now();
@@ -346,7 +376,9 @@ fn receiver_loop(
 
 /// A free loopback UDP port (for librist's listening sockets).
 pub(crate) fn free_loopback_port() -> io::Result<u16> {
-    Ok(UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
+    Ok(UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port())
 }
 
 #[cfg(test)]
@@ -367,7 +399,8 @@ mod tests {
         let far = UdpSocket::bind("127.0.0.1:0").unwrap();
         far.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         let remote = far.local_addr().unwrap();
-        let outside = outside_socket(&LinkBind::Source("127.0.0.1".parse().unwrap()), &remote).unwrap();
+        let outside =
+            outside_socket(&LinkBind::Source("127.0.0.1".parse().unwrap()), &remote).unwrap();
         let (relay, port) = start_sender_relay("t", 0, outside, remote).unwrap();
         let lib = UdpSocket::bind("127.0.0.1:0").unwrap();
         lib.set_read_timeout(Some(Duration::from_secs(2))).unwrap();

@@ -35,7 +35,12 @@ pub struct SenderConfig {
 
 impl Default for SenderConfig {
     fn default() -> Self {
-        Self { psk: None, buffer_ms: 1000, cname: "strata".into(), controller: ControllerConfig::default() }
+        Self {
+            psk: None,
+            buffer_ms: 1000,
+            cname: "strata".into(),
+            controller: ControllerConfig::default(),
+        }
     }
 }
 
@@ -121,7 +126,12 @@ impl BondedSender {
         let flow_id = unsafe { sys::rist_flow_id_create() } & !1;
         // SAFETY: ctx is a valid out-pointer; log settings outlive the context (dropped after it).
         let rc = unsafe {
-            sys::rist_sender_create(&mut ctx, sys::rist_profile::RIST_PROFILE_MAIN, flow_id, log.as_ptr())
+            sys::rist_sender_create(
+                &mut ctx,
+                sys::rist_profile::RIST_PROFILE_MAIN,
+                flow_id,
+                log.as_ptr(),
+            )
         };
         if rc != 0 || ctx.is_null() {
             return Err(SendError::Rist(format!("rist_sender_create failed ({rc})")));
@@ -173,15 +183,24 @@ impl BondedSender {
     pub fn add_link(&self, spec: LinkSpec) -> Result<(), SendError> {
         let sh = &self.shared;
         let mut slots = sh.slots.lock().expect("slots lock");
-        if slots.iter().any(|s| s.spec.name == spec.name && s.control.state() != LinkState::Removed) {
+        if slots
+            .iter()
+            .any(|s| s.spec.name == spec.name && s.control.state() != LinkState::Removed)
+        {
             return Err(SendError::DuplicateLink(spec.name));
         }
         let outside = relay::outside_socket(&spec.bind, &spec.remote)?;
-        let initial = spec.initial_kbps.map_or(sh.cfg.controller.initial_kbps, f64::from);
+        let initial = spec
+            .initial_kbps
+            .map_or(sh.cfg.controller.initial_kbps, f64::from);
         let now = Instant::now();
         // Reuse a removed link's peer: rebind its relay's loopback port.
-        if let Some(slot) = slots.iter_mut().find(|s| s.control.state() == LinkState::Removed) {
-            let (relay, _) = relay::start_sender_relay(&spec.name, slot.inside_port, outside, spec.remote)?;
+        if let Some(slot) = slots
+            .iter_mut()
+            .find(|s| s.control.state() == LinkState::Removed)
+        {
+            let (relay, _) =
+                relay::start_sender_relay(&spec.name, slot.inside_port, outside, spec.remote)?;
             slot.relay = Some(relay);
             slot.control = LinkControl::new(now, initial);
             set_weight(sh.ctx, slot.peer, slot.control.weight());
@@ -194,17 +213,34 @@ impl BondedSender {
         let (relay, port) = relay::start_sender_relay(&spec.name, 0, outside, spec.remote)?;
         let url = format!("rist://127.0.0.1:{port}");
         let control = LinkControl::new(now, initial);
-        let mut pc = peer_config(&url, sh.cfg.psk.as_ref(), sh.cfg.buffer_ms, control.weight(), &sh.cfg.cname)
-            .map_err(|e| SendError::Rist(e.to_string()))?;
+        let mut pc = peer_config(
+            &url,
+            sh.cfg.psk.as_ref(),
+            sh.cfg.buffer_ms,
+            control.weight(),
+            &sh.cfg.cname,
+        )
+        .map_err(|e| SendError::Rist(e.to_string()))?;
         let mut peer = ptr::null_mut();
         // SAFETY: ctx is live and pc a valid configuration; librist copies it.
         let rc = unsafe { sys::rist_peer_create(sh.ctx.0, &mut peer, &pc) };
         scrub(&mut pc);
         if rc != 0 || peer.is_null() {
-            return Err(SendError::Rist(format!("rist_peer_create failed for link {:?} ({rc})", spec.name)));
+            return Err(SendError::Rist(format!(
+                "rist_peer_create failed for link {:?} ({rc})",
+                spec.name
+            )));
         }
         tracing::info!(link = %spec.name, remote = %spec.remote, "link added");
-        slots.push(Slot { spec, peer: Peer(peer), inside_port: port, relay: Some(relay), control, share_start: 0, share: 0.0 });
+        slots.push(Slot {
+            spec,
+            peer: Peer(peer),
+            inside_port: port,
+            relay: Some(relay),
+            control,
+            share_start: 0,
+            share: 0.0,
+        });
         Ok(())
     }
 
@@ -226,8 +262,11 @@ impl BondedSender {
     /// Sends MPEG-TS: any number of whole 188-byte packets. Data is cut into
     /// datagrams of 7 TS packets; a remainder waits for the next call.
     pub fn send(&mut self, ts: &[u8]) -> Result<(), SendError> {
-        if ts.len() % TS_PACKET != 0 {
-            return Err(SendError::NotTs(format!("{} bytes is not a multiple of 188", ts.len())));
+        if !ts.len().is_multiple_of(TS_PACKET) {
+            return Err(SendError::NotTs(format!(
+                "{} bytes is not a multiple of 188",
+                ts.len()
+            )));
         }
         if let Some(i) = (0..ts.len()).step_by(TS_PACKET).find(|i| ts[*i] != 0x47) {
             return Err(SendError::NotTs(format!("no sync byte at offset {i}")));
@@ -239,7 +278,10 @@ impl BondedSender {
             // and drops anything older, so the first packet goes on every link.
             let first = match self.held.pop_front() {
                 Some(d) => d,
-                None => self.pending.drain(..DATAGRAM_PAYLOAD.min(self.pending.len())).collect(),
+                None => self
+                    .pending
+                    .drain(..DATAGRAM_PAYLOAD.min(self.pending.len()))
+                    .collect(),
             };
             self.write_on_every_link(&first)?;
             while let Some(d) = self.held.pop_front() {
@@ -259,7 +301,9 @@ impl BondedSender {
             }
         }
         self.pending.drain(..whole);
-        self.shared.input_bytes.fetch_add(ts.len() as u64, Ordering::Relaxed);
+        self.shared
+            .input_bytes
+            .fetch_add(ts.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -339,7 +383,9 @@ fn write_block(ctx: Ctx, payload: &[u8]) -> Result<(), SendError> {
     // SAFETY: block points at payload for the duration of the call; librist copies it.
     let rc = unsafe { sys::rist_sender_data_write(ctx.0, &block) };
     if rc < 0 {
-        return Err(SendError::Rist(format!("rist_sender_data_write failed ({rc})")));
+        return Err(SendError::Rist(format!(
+            "rist_sender_data_write failed ({rc})"
+        )));
     }
     Ok(())
 }
@@ -392,14 +438,17 @@ fn control_loop(sh: &Shared) {
             .map(|(i, s)| {
                 let c = s.relay.as_ref().map(|r| r.counters.clone());
                 Observation {
-                    sent_bytes: c.as_ref().map_or(0, |c| c.out_bytes.load(Ordering::Relaxed)),
+                    sent_bytes: c
+                        .as_ref()
+                        .map_or(0, |c| c.out_bytes.load(Ordering::Relaxed)),
                     last_heard: c.as_ref().and_then(|c| c.last_in()),
                     rtt_ms: reports.get(&(i as u32 + 1)).map(|r| r.rtt_ms),
                 }
             })
             .collect();
         let before: Vec<LinkState> = slots.iter().map(|s| s.control.state()).collect();
-        let mut controls: Vec<&mut LinkControl> = slots.iter_mut().map(|s| &mut s.control).collect();
+        let mut controls: Vec<&mut LinkControl> =
+            slots.iter_mut().map(|s| &mut s.control).collect();
         let decisions = controller::tick(&cfg, now, &mut controls, &obs);
         for ((s, d), before) in slots.iter_mut().zip(&decisions).zip(before) {
             if d.weight_changed {
@@ -411,10 +460,17 @@ fn control_loop(sh: &Shared) {
         }
         // Shares over the last second.
         if now.duration_since(last_share_at).as_secs_f64() >= 1.0 {
-            let deltas: Vec<u64> = slots.iter().map(|s| relay_bytes(s).saturating_sub(s.share_start)).collect();
+            let deltas: Vec<u64> = slots
+                .iter()
+                .map(|s| relay_bytes(s).saturating_sub(s.share_start))
+                .collect();
             let total: u64 = deltas.iter().sum();
             for (s, d) in slots.iter_mut().zip(deltas) {
-                s.share = if total > 0 { d as f64 / total as f64 } else { 0.0 };
+                s.share = if total > 0 {
+                    d as f64 / total as f64
+                } else {
+                    0.0
+                };
                 s.share_start = relay_bytes(s);
             }
             last_share_at = now;
@@ -436,7 +492,11 @@ fn control_loop(sh: &Shared) {
                     capacity_kbps: s.control.capacity_kbps(),
                     weight: s.control.weight(),
                     share: s.share,
-                    loss_percent: if r.quality > 0.0 { (100.0 - r.quality).max(0.0) } else { 0.0 },
+                    loss_percent: if r.quality > 0.0 {
+                        (100.0 - r.quality).max(0.0)
+                    } else {
+                        0.0
+                    },
                     send_errors: s
                         .relay
                         .as_ref()
@@ -456,7 +516,7 @@ fn control_loop(sh: &Shared) {
 }
 
 fn relay_bytes(s: &Slot) -> u64 {
-    s.relay.as_ref().map_or(0, |r| r.counters.out_bytes.load(Ordering::Relaxed))
+    s.relay
+        .as_ref()
+        .map_or(0, |r| r.counters.out_bytes.load(Ordering::Relaxed))
 }
-
-

@@ -18,7 +18,11 @@ pub struct Pacer {
 impl Pacer {
     /// A pacer at `kbps` kbit/s starting now.
     pub fn new(kbps: f64) -> Self {
-        Self { start: Instant::now(), bits_per_sec: kbps * 1000.0, sent_bits: 0.0 }
+        Self {
+            start: Instant::now(),
+            bits_per_sec: kbps * 1000.0,
+            sent_bits: 0.0,
+        }
     }
 
     /// Waits until `bytes` more may go out, then accounts for them.
@@ -34,7 +38,7 @@ impl Pacer {
 
 /// Checks that `data` is whole TS packets, each starting with the sync byte.
 pub fn is_ts(data: &[u8]) -> bool {
-    data.len() % TS_PACKET == 0 && data.chunks(TS_PACKET).all(|p| p[0] == 0x47)
+    data.len().is_multiple_of(TS_PACKET) && data.chunks(TS_PACKET).all(|p| p[0] == 0x47)
 }
 
 #[cfg(test)]

@@ -18,7 +18,9 @@ fn main() {
         .allowlist_function("rist_.*|librist_.*")
         .allowlist_type("rist_.*|librist_.*")
         .allowlist_var("RIST_.*|LIBRIST_.*")
-        .default_enum_style(bindgen::EnumVariation::Rust { non_exhaustive: true })
+        .default_enum_style(bindgen::EnumVariation::Rust {
+            non_exhaustive: true,
+        })
         .derive_default(true)
         .layout_tests(false)
         .parse_callbacks(Box::new(bindgen::CargoCallbacks::new()));

@@ -14,11 +14,23 @@ fn psk() -> Psk {
 
 fn receiver(n: usize, psk: Option<Psk>) -> BondedReceiver {
     let listen = (0..n).map(|_| "127.0.0.1:0".parse().unwrap()).collect();
-    BondedReceiver::new(ReceiverConfig { listen, psk, buffer_ms: 1000 }).unwrap()
+    BondedReceiver::new(ReceiverConfig {
+        listen,
+        psk,
+        buffer_ms: 1000,
+    })
+    .unwrap()
 }
 
 fn sender(links: Vec<LinkSpec>, psk: Option<Psk>) -> BondedSender {
-    BondedSender::new(SenderConfig { psk, ..Default::default() }, links).unwrap()
+    BondedSender::new(
+        SenderConfig {
+            psk,
+            ..Default::default()
+        },
+        links,
+    )
+    .unwrap()
 }
 
 /// Three links through linksim to the receiver's ports; `extra[i]` is appended to link i.
@@ -52,7 +64,12 @@ fn ts_over_three_lossy_links_arrives_byte_identical() {
     assert_eq!(sha(&out), sha(data), "stats: {st:?}");
     assert_eq!(st.lost, 0);
     // Random loss on the links was there, and recovered.
-    let dropped: u64 = links.sim.stats().iter().map(|l| l.uplink.dropped_loss).sum();
+    let dropped: u64 = links
+        .sim
+        .stats()
+        .iter()
+        .map(|l| l.uplink.dropped_loss)
+        .sum();
     assert!(dropped > 0 && st.recovered > 0, "dropped {dropped}, {st:?}");
     // Every link carried part of the stream.
     assert!(st.ports.iter().all(|p| p.packets > 100), "{st:?}");
@@ -62,7 +79,10 @@ fn ts_over_three_lossy_links_arrives_byte_identical() {
 fn one_of_three_links_dies_mid_stream_without_loss() {
     let data = test_ts();
     let rx = receiver(3, Some(psk()));
-    let (links, specs) = three_links(&rx.ports(), ["", "", "[[link.event]]\nat_s = 2.0\nup = false\n"]);
+    let (links, specs) = three_links(
+        &rx.ports(),
+        ["", "", "[[link.event]]\nat_s = 2.0\nup = false\n"],
+    );
     let mut tx = sender(specs, Some(psk()));
     feed(&mut tx, data, 2000.0);
     let out = drain(&rx, Duration::from_secs(2), Duration::from_secs(30));
@@ -70,7 +90,11 @@ fn one_of_three_links_dies_mid_stream_without_loss() {
     assert_eq!(st.lost, 0, "{st:?}");
     assert_eq!(sha(&out), sha(data), "stats: {st:?}");
     let bond = tx.stats();
-    assert_eq!(bond.links[2].state, strata_rist::LinkState::Dark, "{bond:?}");
+    assert_eq!(
+        bond.links[2].state,
+        strata_rist::LinkState::Dark,
+        "{bond:?}"
+    );
     assert_eq!(bond.links[2].weight, 0);
     assert!(links.sim.stats()[2].uplink.dropped_outage > 0);
 }
@@ -82,7 +106,10 @@ fn links_can_be_removed_and_added_while_streaming() {
     let addr = |p: u16| -> SocketAddr { format!("127.0.0.1:{p}").parse().unwrap() };
     let ports = rx.ports();
     let mut tx = sender(
-        vec![LinkSpec::new("a", addr(ports[0])), LinkSpec::new("b", addr(ports[1]))],
+        vec![
+            LinkSpec::new("a", addr(ports[0])),
+            LinkSpec::new("b", addr(ports[1])),
+        ],
         Some(psk()),
     );
     let (first, rest) = data.split_at(data.len() / 2 / 1316 * 1316);
@@ -95,20 +122,29 @@ fn links_can_be_removed_and_added_while_streaming() {
     let out = drain(&rx, Duration::from_secs(2), Duration::from_secs(30));
     let st = rx.stats();
     assert_eq!(sha(&out), sha(data), "stats: {st:?}");
-    assert!(st.ports[2].packets > 50, "the added link carried data: {st:?}");
+    assert!(
+        st.ports[2].packets > 50,
+        "the added link carried data: {st:?}"
+    );
 }
 
 #[test]
 fn wrong_psk_lets_nothing_through_and_says_why() {
     let rx = receiver(1, Some(psk()));
     let remote: SocketAddr = format!("127.0.0.1:{}", rx.ports()[0]).parse().unwrap();
-    let mut tx = sender(vec![LinkSpec::new("a", remote)], Some(Psk::new("another passphrase").unwrap()));
+    let mut tx = sender(
+        vec![LinkSpec::new("a", remote)],
+        Some(Psk::new("another passphrase").unwrap()),
+    );
     feed(&mut tx, &test_ts()[..200 * 1316], 2000.0);
     let out = drain(&rx, Duration::from_secs(1), Duration::from_secs(3));
     let st = rx.stats();
     assert!(out.is_empty(), "{} bytes got through", out.len());
     assert!(st.auth_failures > 0, "{st:?}");
-    assert!(st.problem.as_deref().unwrap_or("").contains("PSK"), "{st:?}");
+    assert!(
+        st.problem.as_deref().unwrap_or("").contains("PSK"),
+        "{st:?}"
+    );
 }
 
 #[test]
@@ -127,8 +163,11 @@ fn garbage_datagrams_are_counted_and_dropped() {
     feed(&mut tx, a, 2000.0);
     for i in 0..200u32 {
         let mut d = vec![0u8; 1 + (i as usize * 37) % 1400];
-        d.iter_mut().enumerate().for_each(|(j, x)| *x = (j as u32 * 31 + i) as u8);
-        junk.send_to(&d, ("127.0.0.1", ports[(i % 2) as usize])).unwrap();
+        d.iter_mut()
+            .enumerate()
+            .for_each(|(j, x)| *x = (j as u32 * 31 + i) as u8);
+        junk.send_to(&d, ("127.0.0.1", ports[(i % 2) as usize]))
+            .unwrap();
     }
     feed(&mut tx, b, 2000.0);
     let out = drain(&rx, Duration::from_secs(2), Duration::from_secs(30));

@@ -23,7 +23,12 @@ impl Drop for Kill {
 }
 
 fn spawn(cmd: &mut Command) -> Kill {
-    Kill(cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("rist-tools/ffmpeg installed by scripts/setup"))
+    Kill(
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("rist-tools/ffmpeg installed by scripts/setup"),
+    )
 }
 
 #[test]
@@ -31,7 +36,8 @@ fn our_bonded_sender_to_ristreceiver() {
     let data = test_ts();
     let (p1, p2) = (free_port(), free_port());
     let out = UdpSocket::bind("127.0.0.1:0").unwrap();
-    out.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    out.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     let _rr = spawn(Command::new("ristreceiver").args([
         "-p",
         "1",
@@ -54,7 +60,10 @@ fn our_bonded_sender_to_ristreceiver() {
         .enumerate()
         .map(|(i, p)| LinkSpec::new(format!("l{i}"), format!("127.0.0.1:{p}").parse().unwrap()))
         .collect();
-    let cfg = SenderConfig { psk: Some(Psk::new(KEY).unwrap()), ..Default::default() };
+    let cfg = SenderConfig {
+        psk: Some(Psk::new(KEY).unwrap()),
+        ..Default::default()
+    };
     let mut tx = BondedSender::new(cfg, links).unwrap();
     let collector = std::thread::spawn(move || {
         let mut got = Vec::new();
@@ -75,8 +84,17 @@ fn our_bonded_sender_to_ristreceiver() {
     });
     feed(&mut tx, data, 2000.0);
     let got = collector.join().unwrap();
-    assert_eq!(sha(&got), sha(data), "ristreceiver output differs ({} of {} bytes)", got.len(), data.len());
-    assert!(tx.stats().links.iter().all(|l| l.sent_bytes > 100_000), "both links carried data");
+    assert_eq!(
+        sha(&got),
+        sha(data),
+        "ristreceiver output differs ({} of {} bytes)",
+        got.len(),
+        data.len()
+    );
+    assert!(
+        tx.stats().links.iter().all(|l| l.sent_bytes > 100_000),
+        "both links carried data"
+    );
 }
 
 #[test]
@@ -123,43 +141,84 @@ fn ristsender_to_our_bonded_receiver() {
     // librist starts a flow at the first packet to arrive over any link, so
     // ristsender's very first datagram can be overtaken on the other link.
     let tail = &data[data.len() - out.len()..];
-    assert!(out.len() + DATAGRAM_PAYLOAD >= data.len(), "{} of {} bytes; {st:?}", out.len(), data.len());
+    assert!(
+        out.len() + DATAGRAM_PAYLOAD >= data.len(),
+        "{} of {} bytes; {st:?}",
+        out.len(),
+        data.len()
+    );
     assert_eq!(sha(&out), sha(tail), "{st:?}");
-    assert!(st.ports.iter().all(|p| p.packets > 100), "both ports carried data: {st:?}");
+    assert!(
+        st.ports.iter().all(|p| p.packets > 100),
+        "both ports carried data: {st:?}"
+    );
 }
 
 #[test]
 fn ffprobe_reads_our_stream_over_rist() {
     let port = free_port();
-    let probe = Command::new("ffprobe")
-        .args(["-v", "error", "-rist_profile", "main", "-encryption", "256", "-secret", KEY])
-        .args(["-show_entries", "stream=codec_name", "-of", "csv=p=0"])
-        .arg(format!("rist://@127.0.0.1:{port}"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut probe = Kill(
+        Command::new("ffprobe")
+            .args([
+                "-v",
+                "error",
+                "-rist_profile",
+                "main",
+                "-encryption",
+                "256",
+                "-secret",
+                KEY,
+            ])
+            .args(["-show_entries", "stream=codec_name", "-of", "csv=p=0"])
+            .arg(format!("rist://@127.0.0.1:{port}"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     std::thread::sleep(Duration::from_millis(500));
-    let cfg = SenderConfig { psk: Some(Psk::new(KEY).unwrap()), ..Default::default() };
-    let mut tx =
-        BondedSender::new(cfg, vec![LinkSpec::new("a", format!("127.0.0.1:{port}").parse().unwrap())]).unwrap();
+    let cfg = SenderConfig {
+        psk: Some(Psk::new(KEY).unwrap()),
+        ..Default::default()
+    };
+    let remote = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut tx = BondedSender::new(cfg, vec![LinkSpec::new("a", remote)]).unwrap();
     let data = test_ts();
+    let whole = data.len() / DATAGRAM_PAYLOAD * DATAGRAM_PAYLOAD;
     let mut pacer = Pacer::new(2000.0);
     let start = Instant::now();
-    let mut i = 0;
-    // Keep sending until ffprobe has seen enough to report the streams.
-    let out = loop {
-        let c = &data[(i * DATAGRAM_PAYLOAD) % (data.len() / DATAGRAM_PAYLOAD * DATAGRAM_PAYLOAD)..][..DATAGRAM_PAYLOAD];
+    // Keep sending (looping the file) until ffprobe has seen enough to report.
+    for i in 0.. {
+        let c = &data[(i * DATAGRAM_PAYLOAD) % whole..][..DATAGRAM_PAYLOAD];
         pacer.wait(c.len());
         tx.send(c).unwrap();
-        i += 1;
-        if start.elapsed() > Duration::from_secs(20) {
-            panic!("ffprobe did not finish");
+        if i % 50 == 0 && probe.0.try_wait().unwrap().is_some() {
+            break;
         }
-        if i % 50 == 0 && std::fs::read_to_string(format!("/proc/{}/stat", probe.id())).map_or(true, |s| s.contains(") Z")) {
-            break probe.wait_with_output().unwrap();
-        }
-    };
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("h264") && text.contains("aac"), "ffprobe said: {text} / {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "ffprobe did not finish"
+        );
+    }
+    let mut text = String::new();
+    let mut err = String::new();
+    use std::io::Read;
+    probe
+        .0
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    probe
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(
+        text.contains("h264") && text.contains("aac"),
+        "ffprobe said: {text} / {err}"
+    );
 }

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use strata_rist::ts::{DATAGRAM_PAYLOAD, Pacer};
-use strata_rist::{BondStats, BondedReceiver, BondedSender, LinkSpec, Psk, ReceiverConfig, SenderConfig};
+use strata_rist::{
+    BondStats, BondedReceiver, BondedSender, LinkSpec, Psk, ReceiverConfig, SenderConfig,
+};
 
 /// Bonded RIST over several links (main profile, AES-256 PSK).
 #[derive(Parser)]
@@ -102,12 +104,19 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn send(a: SendArgs) -> anyhow::Result<()> {
-    let cfg = SenderConfig { psk: psk(&a.common)?, buffer_ms: a.common.buffer_ms, ..Default::default() };
+    let cfg = SenderConfig {
+        psk: psk(&a.common)?,
+        buffer_ms: a.common.buffer_ms,
+        ..Default::default()
+    };
     let mut sender = BondedSender::new(cfg, a.links)?;
     let mut input: Box<dyn Read> = open_input(&a.input)?;
     let mut pacer = a.pace_kbps.map(Pacer::new);
     let start = Instant::now();
-    let deadline = a.common.duration.map(|d| start + Duration::from_secs_f64(d));
+    let deadline = a
+        .common
+        .duration
+        .map(|d| start + Duration::from_secs_f64(d));
     let interval = Duration::from_millis(a.common.stats_interval_ms);
     let mut next_stats = start + interval;
     let mut buf = vec![0u8; DATAGRAM_PAYLOAD];
@@ -135,7 +144,9 @@ fn send(a: SendArgs) -> anyhow::Result<()> {
     }
     sender.flush()?;
     // Let retransmissions of the tail complete before the context goes away.
-    std::thread::sleep(Duration::from_millis(u64::from(a.common.buffer_ms).min(2000)));
+    std::thread::sleep(Duration::from_millis(
+        u64::from(a.common.buffer_ms).min(2000),
+    ));
     print_bond(&sender.stats(), start, a.common.stats_json)?;
     Ok(())
 }
@@ -196,12 +207,15 @@ fn receive(a: ReceiveArgs) -> anyhow::Result<()> {
     let mut out: Box<dyn Write> = if a.output.as_os_str() == "-" {
         Box::new(BufWriter::new(std::io::stdout().lock()))
     } else {
-        Box::new(BufWriter::new(
-            File::create(&a.output).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", a.output.display()))?,
-        ))
+        Box::new(BufWriter::new(File::create(&a.output).map_err(|e| {
+            anyhow::anyhow!("cannot create {}: {e}", a.output.display())
+        })?))
     };
     let start = Instant::now();
-    let deadline = a.common.duration.map(|d| start + Duration::from_secs_f64(d));
+    let deadline = a
+        .common
+        .duration
+        .map(|d| start + Duration::from_secs_f64(d));
     let interval = Duration::from_millis(a.common.stats_interval_ms);
     let mut next_stats = start + interval;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -230,7 +244,10 @@ fn receive(a: ReceiveArgs) -> anyhow::Result<()> {
                     s.recovered,
                     s.lost,
                     s.garbage_datagrams,
-                    s.problem.as_ref().map(|p| format!("  PROBLEM: {p}")).unwrap_or_default()
+                    s.problem
+                        .as_ref()
+                        .map(|p| format!("  PROBLEM: {p}"))
+                        .unwrap_or_default()
                 );
             }
         }
@@ -244,4 +261,3 @@ fn receive(a: ReceiveArgs) -> anyhow::Result<()> {
     eprintln!("{v}");
     Ok(())
 }
-

@@ -24,9 +24,20 @@ pub fn test_ts() -> &'static [u8] {
                 .args(["-hide_banner", "-loglevel", "error", "-y"])
                 .args(["-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25"])
                 .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
-                .args(["-t", "5", "-c:v", "libx264", "-preset", "ultrafast", "-b:v", "1500k"])
+                .args([
+                    "-t",
+                    "5",
+                    "-c:v",
+                    "libx264",
+                    "-preset",
+                    "ultrafast",
+                    "-b:v",
+                    "1500k",
+                ])
                 .args(["-maxrate", "1500k", "-bufsize", "750k", "-g", "50"])
-                .args(["-c:a", "aac", "-b:a", "96k", "-f", "mpegts", "-muxrate", "2000000"])
+                .args([
+                    "-c:a", "aac", "-b:a", "96k", "-f", "mpegts", "-muxrate", "2000000",
+                ])
                 .arg(&tmp)
                 .status()
                 .expect("ffmpeg runs (scripts/setup installs it)");
@@ -39,7 +50,10 @@ pub fn test_ts() -> &'static [u8] {
 
 /// Hex SHA-256.
 pub fn sha(d: &[u8]) -> String {
-    Sha256::digest(d).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(d)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Feeds `data` to the sender at `kbps`, then lets retransmissions finish.
@@ -83,12 +97,18 @@ impl Links {
             .enable_all()
             .build()
             .unwrap();
-        let sim = rt.block_on(LinkSim::start(SimConfig::from_toml(toml).unwrap())).unwrap();
+        let sim = rt
+            .block_on(LinkSim::start(SimConfig::from_toml(toml).unwrap()))
+            .unwrap();
         Self { sim, _rt: rt }
     }
 }
 
 /// A free UDP port on loopback.
 pub fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
