@@ -11,9 +11,10 @@
 //! it still carries show when it heals. A healed link comes back at half its
 //! old estimate and grows from there.
 //!
-//! librist resets its round-robin credit on every weight change, which can skip
-//! a packet (later recovered by NACK), so weights are only pushed when they move
-//! by more than `weight_hysteresis`.
+//! librist resets a peer's round-robin credit on every weight change, which can
+//! skip a packet (later recovered by NACK) and lets that peer take its whole
+//! weight in a row, so weights are small (`weight_scale`) and only pushed when
+//! they move by more than `weight_hysteresis`.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -39,6 +40,10 @@ pub struct ControllerConfig {
     pub weight_hysteresis: f64,
     /// Window of the base-RTT minimum filter.
     pub base_rtt_window: Duration,
+    /// Weight of the strongest link. librist's round robin gives a peer whose
+    /// weight was just set its whole weight in a row, so small weights keep
+    /// those bursts short; 20 still gives 5 % resolution.
+    pub weight_scale: u32,
 }
 
 impl Default for ControllerConfig {
@@ -52,6 +57,7 @@ impl Default for ControllerConfig {
             headroom: 0.8,
             weight_hysteresis: 0.15,
             base_rtt_window: Duration::from_secs(10),
+            weight_scale: 20,
         }
     }
 }
@@ -167,9 +173,9 @@ pub fn tick(
         .iter_mut()
         .map(|l| {
             let target = match l.state {
-                LinkState::Up => {
-                    ((1000.0 * l.capacity_kbps / max_cap).round() as u32).clamp(1, 1000)
-                }
+                LinkState::Up => ((f64::from(cfg.weight_scale) * l.capacity_kbps / max_cap).round()
+                    as u32)
+                    .clamp(1, cfg.weight_scale),
                 // A token share: librist never declares a peer dead that never
                 // answered, so weight 0 would copy the whole stream to it forever.
                 LinkState::Probing => 1,
@@ -391,7 +397,7 @@ mod tests {
             &[40, 40],
             &[true, false],
         );
-        assert_eq!((d[0].state, d[0].weight), (LinkState::Up, 1000));
+        assert_eq!((d[0].state, d[0].weight), (LinkState::Up, cfg.weight_scale));
         assert_eq!((d[1].state, d[1].weight), (LinkState::Probing, 1));
         // No load: estimates and weights stay put, no needless weight_set.
         let d = step(

@@ -30,7 +30,7 @@ impl LogTap {
     }
 
     fn classify(&self, level: sys::rist_log_level, msg: &str) {
-        // Messages of librist 0.2.7 (rist-common.c): see docs/protocol-rist.md.
+        // Messages of librist 0.2.7 (rist-common.c: rist_peer_recv and the decrypt path).
         let auth = msg.contains("Malformed packet, rtp flag")
             || msg.contains("Disabling packet processing till new NONCE")
             || msg.contains("configured without keysize")
