@@ -40,6 +40,10 @@ pub struct ControllerConfig {
     pub weight_hysteresis: f64,
     /// Window of the base-RTT minimum filter.
     pub base_rtt_window: Duration,
+    /// After a link comes up, RTT samples are ignored this long: librist's
+    /// smoothed RTT starts from a guess and converges, and an early low sample
+    /// would sit in the base-RTT window and look like queueing for its length.
+    pub warmup: Duration,
     /// Weight of the strongest link. librist's round robin gives a peer whose
     /// weight was just set its whole weight in a row, so small weights keep
     /// those bursts short; 20 still gives 5 % resolution.
@@ -58,6 +62,7 @@ impl Default for ControllerConfig {
             weight_hysteresis: 0.15,
             base_rtt_window: Duration::from_secs(10),
             weight_scale: 20,
+            warmup: Duration::from_secs(2),
         }
     }
 }
@@ -248,6 +253,9 @@ fn update_link(cfg: &ControllerConfig, now: Instant, l: &mut LinkControl, o: &Ob
         return;
     }
 
+    if now.duration_since(l.state_since) < cfg.warmup {
+        return;
+    }
     let Some(rtt) = o.rtt_ms.filter(|r| *r > 0) else {
         return;
     };
@@ -308,10 +316,14 @@ mod tests {
         let mut links: Vec<_> = (0..2).map(|_| LinkControl::new(t0, 1000.0)).collect();
         let mut sent = [0, 0];
         let mut now = t0;
-        for i in 0..50 {
+        for i in 0..60 {
             now += cfg.tick;
-            // Link 0 queues (RTT climbs), link 1 stays at its base RTT.
-            let rtt0 = if i < 5 { 40 } else { 40 + 20 * (i - 4).min(10) };
+            // After the warm-up, link 0 queues (RTT climbs), link 1 stays at its base RTT.
+            let rtt0 = if i < 25 {
+                40
+            } else {
+                40 + 20 * (i - 24).min(10)
+            };
             step(
                 &cfg,
                 now,
@@ -334,6 +346,28 @@ mod tests {
         );
         assert!(links[0].weight() < links[1].weight());
         assert!(links[0].weight() >= 1);
+    }
+
+    #[test]
+    fn early_rtt_samples_do_not_cut_capacity() {
+        let cfg = ControllerConfig::default();
+        let t0 = Instant::now();
+        let mut links = vec![LinkControl::new(t0, 1000.0)];
+        let mut sent = [0];
+        // librist's RTT starts low and converges to the real 120 ms.
+        for i in 0..40u32 {
+            let rtt = if i < 15 { 20 + 7 * i } else { 120 };
+            step(
+                &cfg,
+                t0 + cfg.tick * (i + 1),
+                &mut links,
+                &mut sent,
+                &[500.0],
+                &[rtt],
+                &[true],
+            );
+        }
+        assert_eq!(links[0].capacity_kbps(), 1000.0);
     }
 
     #[test]

@@ -31,4 +31,4 @@ pub use link::{LinkBind, LinkSpec, LinkState};
 pub use psk::{Psk, PskError};
 pub use receiver::{BondedReceiver, ReceiveError, ReceiverConfig};
 pub use sender::{BondedSender, SendError, SenderConfig};
-pub use stats::{BondStats, FlowStats, LinkStats, PortStats};
+pub use stats::{BondStats, FlowStats, LinkStats, PeerStats, PortStats};

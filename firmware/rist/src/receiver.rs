@@ -14,7 +14,7 @@ use crate::log::{LogSettings, LogTap};
 use crate::peer::{Ctx, peer_config, scrub, set_stats_callback};
 use crate::psk::Psk;
 use crate::relay::{self, Relay};
-use crate::stats::{FlowStats, PortStats};
+use crate::stats::{FlowStats, PeerStats, PortStats};
 
 /// How a bonded receiver is set up.
 #[derive(Debug, Clone)]
@@ -55,8 +55,8 @@ struct FlowTotals {
     missing: u64,
     reordered: u64,
     bitrate_kbps: f64,
-    /// librist RTT per peer id, from the JSON report.
-    peer_rtts: Vec<u32>,
+    /// Per sender link, from librist's JSON report.
+    peers: Vec<PeerStats>,
 }
 
 struct Shared {
@@ -231,7 +231,6 @@ impl BondedReceiver {
                 bytes: bytes[i],
                 share: shares.get(i).copied().unwrap_or(0.0),
                 garbage: r.counters.garbage.load(Ordering::Relaxed),
-                rtt_ms: None,
             })
             .collect();
         let garbage = ports.iter().map(|p| p.garbage).sum::<u64>()
@@ -253,6 +252,7 @@ impl BondedReceiver {
             garbage_datagrams: garbage,
             auth_failures,
             ports,
+            peers: f.peers.clone(),
             problem,
         }
     }
@@ -294,7 +294,7 @@ unsafe extern "C" fn stats_cb(arg: *mut c_void, stats: *const sys::rist_stats) -
         if !st.stats_json.is_null() {
             // SAFETY: stats_json is a NUL-terminated string owned by the container.
             let json = unsafe { CStr::from_ptr(st.stats_json) }.to_string_lossy();
-            f.peer_rtts = peer_rtts(&json);
+            f.peers = peers_of(&json);
         }
     }
     // SAFETY: librist hands ownership of the container to the callback.
@@ -302,22 +302,54 @@ unsafe extern "C" fn stats_cb(arg: *mut c_void, stats: *const sys::rist_stats) -
     0
 }
 
-/// RTTs of the live peers in librist's JSON flow report.
-fn peer_rtts(json: &str) -> Vec<u32> {
+/// The sender links in librist's JSON flow report (librist 0.2.7 layout:
+/// `receiver-stats.flowinstant.peers[] = {id, dead, stats: {rtt, ...}}`).
+fn peers_of(json: &str) -> Vec<PeerStats> {
     let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
         return Vec::new();
     };
-    v.pointer("/receiver-stats/flowinstant/peers")
+    let Some(peers) = v
+        .pointer("/receiver-stats/flowinstant/peers")
         .and_then(|p| p.as_array())
-        .map(|peers| {
-            peers
-                .iter()
-                .filter_map(|p| {
-                    p.pointer("/stats/rtt")
-                        .and_then(|r| r.as_u64())
-                        .map(|r| r as u32)
-                })
-                .collect()
+    else {
+        return Vec::new();
+    };
+    peers
+        .iter()
+        .filter_map(|p| {
+            Some(PeerStats {
+                id: p.get("id")?.as_u64()? as u32,
+                rtt_ms: p.pointer("/stats/rtt")?.as_u64()? as u32,
+                alive: p.get("dead").and_then(|d| d.as_u64()) == Some(0),
+            })
         })
-        .unwrap_or_default()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_peers_from_librist_json() {
+        let j = r#"{"receiver-stats":{"flowinstant":{"flow_id":2,"dead":0,"stats":{},
+            "peers":[{"id":1,"dead":0,"stats":{"rtt":41}},{"id":2,"dead":1,"stats":{"rtt":70}}]}}}"#;
+        let p = peers_of(j);
+        assert_eq!(
+            p,
+            vec![
+                PeerStats {
+                    id: 1,
+                    rtt_ms: 41,
+                    alive: true
+                },
+                PeerStats {
+                    id: 2,
+                    rtt_ms: 70,
+                    alive: false
+                }
+            ]
+        );
+        assert!(peers_of("not json").is_empty());
+    }
 }

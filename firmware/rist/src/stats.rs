@@ -66,8 +66,18 @@ pub struct PortStats {
     pub share: f64,
     /// Datagrams dropped because they were not RIST.
     pub garbage: u64,
-    /// librist's RTT for the peer on this port, in ms, when it reports one.
-    pub rtt_ms: Option<u32>,
+}
+
+/// One sender link as librist's receiver knows it: by the peer id the sender
+/// advertises (for a Strata sender, the link's position, from 1).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PeerStats {
+    /// The sender's peer id.
+    pub id: u32,
+    /// Round-trip time measured over that link, in ms.
+    pub rtt_ms: u32,
+    /// Whether librist still hears from it.
+    pub alive: bool,
 }
 
 /// A receiving bond: the reassembled flow and each port.
@@ -93,6 +103,8 @@ pub struct FlowStats {
     pub auth_failures: u64,
     /// Per port.
     pub ports: Vec<PortStats>,
+    /// Per sender link, with its RTT.
+    pub peers: Vec<PeerStats>,
     /// Why nothing is coming through, when we can tell.
     pub problem: Option<String>,
 }

@@ -71,8 +71,10 @@ fn ts_over_three_lossy_links_arrives_byte_identical() {
         .map(|l| l.uplink.dropped_loss)
         .sum();
     assert!(dropped > 0 && st.recovered > 0, "dropped {dropped}, {st:?}");
-    // Every link carried part of the stream.
+    // Every link carried part of the stream, and its RTT (40/70/120 ms) is known.
     assert!(st.ports.iter().all(|p| p.packets > 100), "{st:?}");
+    assert_eq!(st.peers.len(), 3, "{st:?}");
+    assert!(st.peers.iter().all(|p| p.rtt_ms >= 30), "{st:?}");
 }
 
 #[test]
