@@ -1,0 +1,407 @@
+//! One destination: its bounded queue, its own GStreamer pipeline and its own
+//! reconnect loop. A stalled or failing destination only ever fills (and then
+//! drops from) its own queue; the input and the other outputs never wait on it.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+use rand::Rng;
+use serde::Serialize;
+
+use crate::destination::Destination;
+use crate::pipeline::{self, VideoCodec};
+
+/// Datagrams (7 TS packets each) an output may hold: about 3 s at 6.5 Mbit/s.
+const QUEUE_DATAGRAMS: usize = 2048;
+/// Reconnect backoff bounds.
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A connection that stayed up this long resets the backoff.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
+
+/// Where an output stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputState {
+    /// Waiting for the input's codec, or connecting.
+    Connecting,
+    /// Data is flowing out.
+    Live,
+    /// Failed; waiting out the backoff before trying again.
+    Reconnecting,
+    /// Cannot work with this stream (e.g. H.265 to RTMP); will not retry.
+    Failed,
+    /// Stopped and finalised.
+    Stopped,
+}
+
+/// Statistics of one output.
+#[derive(Debug, Clone, Serialize)]
+pub struct OutputStats {
+    /// The output's id.
+    pub id: String,
+    /// rtmp, srt, hls or record.
+    pub kind: &'static str,
+    /// The destination, secrets masked.
+    pub destination: String,
+    /// Where it stands.
+    pub state: OutputState,
+    /// Bytes handed to the sink.
+    pub bytes: u64,
+    /// Bit rate out over the last stats period, kbit/s.
+    pub bitrate_kbps: f64,
+    /// Times the pipeline was rebuilt after a failure.
+    pub reconnects: u64,
+    /// Datagrams dropped because this output's queue was full.
+    pub dropped: u64,
+    /// The last error, if any.
+    pub last_error: Option<String>,
+}
+
+/// An event an output raises for the control socket.
+#[derive(Debug, Clone)]
+pub struct OutputEvent {
+    /// The output's id.
+    pub id: String,
+    /// What happened.
+    pub message: String,
+}
+
+struct Shared {
+    state: Mutex<OutputState>,
+    bytes: AtomicU64,
+    reconnects: AtomicU64,
+    dropped: AtomicU64,
+    last_error: Mutex<Option<String>>,
+    stop: AtomicBool,
+    rate: Mutex<(Instant, u64, f64)>,
+}
+
+/// A running output.
+pub struct Output {
+    id: String,
+    dest: Destination,
+    tx: SyncSender<Arc<[u8]>>,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Output {
+    /// Starts an output; it builds its pipeline once `codec` is known.
+    pub fn start(
+        id: String,
+        dest: Destination,
+        codec: Arc<OnceLock<VideoCodec>>,
+        events: std::sync::mpsc::Sender<OutputEvent>,
+    ) -> Self {
+        let (tx, rx) = sync_channel(QUEUE_DATAGRAMS);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(OutputState::Connecting),
+            bytes: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            stop: AtomicBool::new(false),
+            rate: Mutex::new((Instant::now(), 0, 0.0)),
+        });
+        let (sh, d, i) = (shared.clone(), dest.clone(), id.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("output-{id}"))
+            .spawn(move || run(&i, &d, &codec, &rx, &sh, &events))
+            .expect("spawn output thread");
+        Self {
+            id,
+            dest,
+            tx,
+            shared,
+            thread: Some(thread),
+        }
+    }
+
+    /// The output's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Queues a datagram; never blocks (a full queue drops and counts it).
+    pub fn push(&self, d: &Arc<[u8]>) {
+        match self.tx.try_send(d.clone()) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Statistics now.
+    pub fn stats(&self) -> OutputStats {
+        let bytes = self.shared.bytes.load(Ordering::Relaxed);
+        let bitrate = {
+            let mut r = self.shared.rate.lock().expect("rate lock");
+            let dt = r.0.elapsed().as_secs_f64();
+            if dt >= 0.5 {
+                r.2 = (bytes - r.1) as f64 * 8.0 / dt / 1000.0;
+                *r = (Instant::now(), bytes, r.2);
+            }
+            r.2
+        };
+        OutputStats {
+            id: self.id.clone(),
+            kind: self.dest.kind(),
+            destination: self.dest.redacted(),
+            state: *self.shared.state.lock().expect("state lock"),
+            bytes,
+            bitrate_kbps: bitrate,
+            reconnects: self.shared.reconnects.load(Ordering::Relaxed),
+            dropped: self.shared.dropped.load(Ordering::Relaxed),
+            last_error: self.shared.last_error.lock().expect("error lock").clone(),
+        }
+    }
+
+    /// Sends EOS, waits for the sink to finalise (recordings), and stops.
+    pub fn stop(mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn set_state(sh: &Shared, s: OutputState) {
+    *sh.state.lock().expect("state lock") = s;
+}
+
+fn run(
+    id: &str,
+    dest: &Destination,
+    codec: &OnceLock<VideoCodec>,
+    rx: &Receiver<Arc<[u8]>>,
+    sh: &Shared,
+    events: &std::sync::mpsc::Sender<OutputEvent>,
+) {
+    let report = |message: String| {
+        tracing::warn!(output = id, destination = %dest.redacted(), "{message}");
+        *sh.last_error.lock().expect("error lock") = Some(message.clone());
+        let _ = events.send(OutputEvent {
+            id: id.to_string(),
+            message,
+        });
+    };
+    // Wait for the input to tell us what it carries; drop what comes meanwhile.
+    let codec = loop {
+        if sh.stop.load(Ordering::Relaxed) {
+            set_state(sh, OutputState::Stopped);
+            return;
+        }
+        if let Some(c) = codec.get() {
+            break *c;
+        }
+        let _ = rx.recv_timeout(Duration::from_millis(100));
+    };
+    let desc = match pipeline::describe(dest, codec) {
+        Ok(d) => d,
+        Err(e) => {
+            set_state(sh, OutputState::Failed);
+            report(e);
+            return;
+        }
+    };
+    if let Destination::Hls { dir, .. } | Destination::Record { dir, .. } = dest
+        && let Err(e) = std::fs::create_dir_all(dir)
+    {
+        set_state(sh, OutputState::Failed);
+        report(format!("cannot create {}: {e}", dir.display()));
+        return;
+    }
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        set_state(sh, OutputState::Connecting);
+        let started = Instant::now();
+        match run_pipeline(&desc, dest, rx, sh) {
+            Ok(()) => {
+                set_state(sh, OutputState::Stopped);
+                return;
+            }
+            Err(e) => report(e),
+        }
+        if sh.stop.load(Ordering::Relaxed) {
+            set_state(sh, OutputState::Stopped);
+            return;
+        }
+        if started.elapsed() >= STABLE_AFTER {
+            backoff = BACKOFF_MIN;
+        }
+        sh.reconnects.fetch_add(1, Ordering::Relaxed);
+        set_state(sh, OutputState::Reconnecting);
+        // Jitter so that many outputs failing together do not retry in step.
+        let wait = backoff.mul_f64(rand::rng().random_range(0.8..1.2));
+        let until = Instant::now() + wait;
+        while Instant::now() < until && !sh.stop.load(Ordering::Relaxed) {
+            // Discard what arrives while down: after a reconnect we start live.
+            let _ = rx.recv_timeout(Duration::from_millis(50));
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// Runs one pipeline until it fails (Err) or the output is stopped (Ok).
+fn run_pipeline(
+    desc: &str,
+    dest: &Destination,
+    rx: &Receiver<Arc<[u8]>>,
+    sh: &Shared,
+) -> Result<(), String> {
+    let pipeline = gst::parse::launch(desc)
+        .map_err(|e| format!("pipeline: {e}"))?
+        .downcast::<gst::Pipeline>()
+        .map_err(|_| "pipeline: not a pipeline".to_string())?;
+    let guard = PipelineGuard(pipeline.clone());
+    match dest {
+        Destination::Rtmp { url } => pipeline
+            .by_name("sink")
+            .expect("sink")
+            .set_property("location", url),
+        Destination::Srt {
+            passphrase: Some(p),
+            ..
+        } => {
+            let sink = pipeline.by_name("sink").expect("sink");
+            sink.set_property("passphrase", p);
+            sink.set_property("pbkeylen", 32i32);
+        }
+        _ => {}
+    }
+    // Start on a keyframe: drop delta frames until the first keyframe.
+    if let Some(vparse) = pipeline.by_name("vparse") {
+        let seen_key = AtomicBool::new(false);
+        vparse.static_pad("src").expect("src pad").add_probe(
+            gst::PadProbeType::BUFFER,
+            move |_, info| {
+                if seen_key.load(Ordering::Relaxed) {
+                    return gst::PadProbeReturn::Ok;
+                }
+                match info.buffer() {
+                    Some(b) if !b.flags().contains(gst::BufferFlags::DELTA_UNIT) => {
+                        seen_key.store(true, Ordering::Relaxed);
+                        gst::PadProbeReturn::Ok
+                    }
+                    _ => gst::PadProbeReturn::Drop,
+                }
+            },
+        );
+    }
+    // Count what reaches the sink (for RTMP/SRT) or the muxers (HLS/record).
+    let counted = ["out", "hls", "rec"]
+        .iter()
+        .find_map(|n| pipeline.by_name(n))
+        .expect("a counted element");
+    let pad = counted
+        .static_pad("src")
+        .or_else(|| counted.sink_pads().first().cloned());
+    let bytes = Arc::new(AtomicU64::new(0));
+    if let Some(pad) = pad {
+        let b = bytes.clone();
+        pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+            if let Some(buf) = info.buffer() {
+                b.fetch_add(buf.size() as u64, Ordering::Relaxed);
+            }
+            gst::PadProbeReturn::Ok
+        });
+    } else {
+        // HLS and record: count at the video request pad once it exists.
+        let b = bytes.clone();
+        counted.connect_pad_added(move |_, pad| {
+            let b = b.clone();
+            pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+                if let Some(buf) = info.buffer() {
+                    b.fetch_add(buf.size() as u64, Ordering::Relaxed);
+                }
+                gst::PadProbeReturn::Ok
+            });
+        });
+    }
+    let appsrc = pipeline
+        .by_name("src")
+        .expect("src")
+        .downcast::<gst_app::AppSrc>()
+        .map_err(|_| "appsrc missing".to_string())?;
+    pipeline
+        .set_state(gst::State::Playing)
+        .map_err(|e| format!("cannot start pipeline: {e}"))?;
+    let bus = pipeline.bus().expect("bus");
+    let mut last_bytes = 0;
+    loop {
+        if sh.stop.load(Ordering::Relaxed) {
+            let _ = appsrc.end_of_stream();
+            // Let muxers write their last segment / file.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Some(m) = bus.timed_pop_filtered(
+                    gst::ClockTime::from_mseconds(100),
+                    &[gst::MessageType::Eos, gst::MessageType::Error],
+                ) {
+                    if let gst::MessageView::Error(e) = m.view() {
+                        tracing::debug!("error while finishing: {}", e.error());
+                    }
+                    break;
+                }
+            }
+            drop(guard);
+            sh.bytes.fetch_add(
+                bytes.load(Ordering::Relaxed) - last_bytes,
+                Ordering::Relaxed,
+            );
+            return Ok(());
+        }
+        match rx.recv_timeout(Duration::from_millis(20)) {
+            Ok(d) => {
+                let _ = appsrc.push_buffer(gst::Buffer::from_slice(d));
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return Ok(()),
+        }
+        if let Some(m) = bus.pop_filtered(&[gst::MessageType::Error, gst::MessageType::Eos]) {
+            return Err(match m.view() {
+                gst::MessageView::Error(e) => {
+                    let dbg = e.debug().map(|d| d.to_string()).unwrap_or_default();
+                    tracing::debug!("{}: {dbg}", e.error());
+                    e.error().to_string()
+                }
+                _ => "destination closed the stream".into(),
+            });
+        }
+        let now_bytes = bytes.load(Ordering::Relaxed);
+        if now_bytes > last_bytes {
+            sh.bytes
+                .fetch_add(now_bytes - last_bytes, Ordering::Relaxed);
+            last_bytes = now_bytes;
+            let mut s = sh.state.lock().expect("state lock");
+            if *s == OutputState::Connecting {
+                *s = OutputState::Live;
+            }
+        }
+    }
+}
+
+/// Sets the pipeline to NULL however the run ends.
+struct PipelineGuard(gst::Pipeline);
+impl Drop for PipelineGuard {
+    fn drop(&mut self) {
+        let _ = self.0.set_state(gst::State::Null);
+    }
+}

@@ -1,0 +1,176 @@
+//! GStreamer pipeline descriptions per destination kind. Secrets (stream keys,
+//! passphrases) are set as properties after parsing, never in the description,
+//! so a parse error can never echo them.
+
+use crate::destination::Destination;
+
+/// The video codec of the incoming stream, from its PMT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VideoCodec {
+    /// H.264 / AVC (stream type 0x1B).
+    H264,
+    /// H.265 / HEVC (stream type 0x24).
+    H265,
+}
+
+/// The source every pipeline starts with: MPEG-TS pushed by the worker.
+const SRC: &str = "appsrc name=src is-live=true format=time max-bytes=4000000 block=false \
+                   caps=\"video/mpegts,systemstream=(boolean)true,packetsize=(int)188\"";
+
+/// A pipeline description for `dest`, or why this stream cannot go there.
+pub fn describe(dest: &Destination, codec: VideoCodec) -> Result<String, String> {
+    let (vcaps, vparse) = match codec {
+        VideoCodec::H264 => ("video/x-h264", "h264parse"),
+        VideoCodec::H265 => ("video/x-h265", "h265parse"),
+    };
+    let demux = "tsdemux name=demux latency=200";
+    let video = format!(
+        "demux. ! {vcaps} ! queue max-size-time=2000000000 ! {vparse} name=vparse config-interval=-1"
+    );
+    let audio = "demux. ! audio/mpeg ! queue max-size-time=2000000000 ! aacparse";
+    Ok(match dest {
+        Destination::Rtmp { .. } => {
+            if codec == VideoCodec::H265 {
+                return Err(
+                    "H.265 cannot be sent over RTMP with GStreamer 1.22 (no enhanced-RTMP muxer); \
+                            use SRT, HLS or a recording"
+                        .into(),
+                );
+            }
+            format!(
+                "{SRC} ! {demux} {video} ! video/x-h264,stream-format=avc,alignment=au ! \
+                 flvmux name=mux streamable=true latency=100000000 ! queue name=out ! \
+                 rtmp2sink name=sink async-connect=false sync=false {audio} ! mux."
+            )
+        }
+        Destination::Srt { url, .. } => {
+            format!(
+                "{SRC} ! queue name=out ! srtsink name=sink uri=\"{url}?mode=caller\" wait-for-connection=false sync=false"
+            )
+        }
+        Destination::Hls {
+            dir,
+            segment,
+            playlist_len,
+        } => format!(
+            "{SRC} ! {demux} {video} ! hls.video {audio} ! hls.audio \
+             hlssink2 name=hls target-duration={} playlist-length={playlist_len} max-files={} \
+             location=\"{}/segment%05d.ts\" playlist-location=\"{}/index.m3u8\"",
+            segment.as_secs(),
+            playlist_len + 2,
+            dir.display(),
+            dir.display()
+        ),
+        Destination::Record { dir, rotate } => {
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            format!(
+                "{SRC} ! {demux} {video} ! rec.video {audio} ! rec.audio_0 \
+                 splitmuxsink name=rec muxer-factory=mpegtsmux max-size-time={} location=\"{}/rec-{stamp}-%05d.ts\"",
+                rotate.as_nanos(),
+                dir.display()
+            )
+        }
+    })
+}
+
+/// Finds the video codec in a TS datagram's PMT, if it holds one.
+pub struct CodecProbe {
+    pmt_pid: Option<u16>,
+}
+
+impl CodecProbe {
+    /// A probe that has seen nothing yet.
+    pub fn new() -> Self {
+        Self { pmt_pid: None }
+    }
+
+    /// Feeds TS packets; returns the codec once the PMT names one.
+    pub fn feed(&mut self, data: &[u8]) -> Option<VideoCodec> {
+        for p in data.chunks_exact(188) {
+            if p[0] != 0x47 || p[1] & 0x40 == 0 {
+                continue; // not a section start
+            }
+            let pid = (u16::from(p[1] & 0x1f) << 8) | u16::from(p[2]);
+            let mut off = 4;
+            if p[3] & 0x20 != 0 {
+                off += 1 + usize::from(p[4]);
+            }
+            if off >= 188 {
+                continue;
+            }
+            off += 1 + usize::from(p[off]); // pointer field
+            let sec = p.get(off..)?;
+            if sec.len() < 12 {
+                continue;
+            }
+            let len = (usize::from(sec[1] & 0x0f) << 8 | usize::from(sec[2])).min(sec.len() - 3);
+            if pid == 0 && sec[0] == 0x00 {
+                // PAT: program entries after the 8-byte header, minus CRC.
+                for e in sec[8..3 + len.saturating_sub(4)].chunks_exact(4) {
+                    let program = u16::from_be_bytes([e[0], e[1]]);
+                    if program != 0 {
+                        self.pmt_pid = Some((u16::from(e[2] & 0x1f) << 8) | u16::from(e[3]));
+                    }
+                }
+            } else if Some(pid) == self.pmt_pid && sec[0] == 0x02 {
+                let info_len = usize::from(sec[10] & 0x0f) << 8 | usize::from(sec[11]);
+                let mut i = 12 + info_len;
+                let end = 3 + len.saturating_sub(4);
+                while i + 5 <= end {
+                    match sec[i] {
+                        0x1B => return Some(VideoCodec::H264),
+                        0x24 => return Some(VideoCodec::H265),
+                        _ => {}
+                    }
+                    let es_info = usize::from(sec[i + 3] & 0x0f) << 8 | usize::from(sec[i + 4]);
+                    i += 5 + es_info;
+                }
+            }
+        }
+        None
+    }
+}
+
+impl Default for CodecProbe {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rtmp_refuses_h265() {
+        let d = Destination::parse("rtmp://h/app/key", None).unwrap();
+        assert!(describe(&d, VideoCodec::H264).unwrap().contains("flvmux"));
+        assert!(
+            describe(&d, VideoCodec::H265)
+                .unwrap_err()
+                .contains("H.265")
+        );
+        let desc = describe(&d, VideoCodec::H264).unwrap();
+        assert!(
+            !desc.contains("key"),
+            "secrets are set as properties: {desc}"
+        );
+    }
+
+    #[test]
+    fn every_kind_parses_in_gstreamer() {
+        gstreamer::init().unwrap();
+        for (u, codec) in [
+            ("rtmp://h/app/key", VideoCodec::H264),
+            ("srt://127.0.0.1:9", VideoCodec::H265),
+            ("hls:///tmp/strata-hls-test", VideoCodec::H264),
+            ("record:///tmp/strata-rec-test", VideoCodec::H265),
+        ] {
+            let d = Destination::parse(u, None).unwrap();
+            let desc = describe(&d, codec).unwrap();
+            gstreamer::parse::launch(&desc).unwrap_or_else(|e| panic!("{u}: {e}\n{desc}"));
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! The worker: bonded RIST in, fan-out to outputs, control socket, health.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use strata_rist::{BondedReceiver, Psk, ReceiverConfig};
+
+use crate::control::{Command, ControlSocket};
+use crate::destination::{Destination, DestinationSpec};
+use crate::output::{Output, OutputEvent};
+use crate::pipeline::{CodecProbe, VideoCodec};
+
+/// Everything a worker needs to start.
+pub struct WorkerConfig {
+    /// Stream id (for logs and events).
+    pub stream_id: String,
+    /// Addresses to receive RIST on, one per link.
+    pub listen: Vec<SocketAddr>,
+    /// RIST passphrase.
+    pub psk: Option<Psk>,
+    /// RIST recovery buffer, ms.
+    pub buffer_ms: u32,
+    /// Destinations at start.
+    pub outputs: Vec<DestinationSpec>,
+    /// No input for this long raises `stalled`.
+    pub stall_after: Duration,
+    /// How often stats events go out.
+    pub stats_every: Duration,
+}
+
+/// Why the worker ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// A `stop` command.
+    Command,
+    /// SIGTERM or SIGINT.
+    Signal,
+}
+
+struct Input {
+    outputs: Mutex<Vec<Output>>,
+    codec: Arc<OnceLock<VideoCodec>>,
+    last_input: AtomicU64,
+    epoch: Instant,
+    stop: AtomicBool,
+}
+
+/// Validates every destination; the first error is returned as the event text.
+pub fn validate(specs: &[DestinationSpec]) -> Result<Vec<(String, Destination)>, String> {
+    let mut ids = HashSet::new();
+    specs
+        .iter()
+        .map(|s| {
+            if s.id.is_empty() || !ids.insert(s.id.clone()) {
+                return Err(format!("output id {:?} is empty or used twice", s.id));
+            }
+            Destination::parse(&s.url, s.passphrase.as_deref())
+                .map(|d| (s.id.clone(), d))
+                .map_err(|e| format!("output {}: {e}", s.id))
+        })
+        .collect()
+}
+
+/// Runs until stopped; emits events on `socket`.
+pub fn run(
+    cfg: WorkerConfig,
+    socket: &ControlSocket,
+    commands: Receiver<Command>,
+    signal: Arc<AtomicBool>,
+) -> anyhow::Result<StopReason> {
+    let dests = validate(&cfg.outputs).map_err(anyhow::Error::msg)?;
+    let rx = BondedReceiver::new(ReceiverConfig {
+        listen: cfg.listen.clone(),
+        psk: cfg.psk.clone(),
+        buffer_ms: cfg.buffer_ms,
+    })?;
+    let (ev_tx, ev_rx): (Sender<OutputEvent>, Receiver<OutputEvent>) = channel();
+    let input = Arc::new(Input {
+        outputs: Mutex::new(Vec::new()),
+        codec: Arc::new(OnceLock::new()),
+        last_input: AtomicU64::new(0),
+        epoch: Instant::now(),
+        stop: AtomicBool::new(false),
+    });
+    for (id, d) in dests {
+        let o = Output::start(id, d, input.codec.clone(), ev_tx.clone());
+        input.outputs.lock().expect("outputs lock").push(o);
+    }
+    let rx = Arc::new(rx);
+    let reader = {
+        let (input, rx) = (input.clone(), rx.clone());
+        std::thread::Builder::new()
+            .name("rist-input".into())
+            .spawn(move || read_input(&rx, &input))?
+    };
+    socket.emit(
+        json!({"event": "ready", "stream_id": cfg.stream_id, "ports": rx.ports()}),
+        true,
+    );
+    tracing::info!(stream = %cfg.stream_id, ports = ?rx.ports(), "ready");
+
+    let mut next_stats = Instant::now() + cfg.stats_every;
+    let mut stalled = false;
+    let mut psk_reported = false;
+    let reason = loop {
+        if signal.load(Ordering::Relaxed) {
+            break StopReason::Signal;
+        }
+        match commands.recv_timeout(Duration::from_millis(100)) {
+            Ok(Command::Stop) => break StopReason::Command,
+            Ok(Command::Stats) => socket.emit(stats(&cfg, &rx, &input), false),
+            Ok(c) => {
+                let r = apply(c, &input, &ev_tx);
+                socket.emit(
+                    match r {
+                        Ok(what) => json!({"event": "ok", "message": what}),
+                        Err(e) => json!({"event": "error", "message": e}),
+                    },
+                    false,
+                );
+            }
+            Err(_) => {}
+        }
+        while let Ok(e) = ev_rx.try_recv() {
+            socket.emit(
+                json!({"event": "error", "output": e.id, "message": e.message}),
+                false,
+            );
+        }
+        let last = input.last_input.load(Ordering::Relaxed);
+        let silent_for = input
+            .epoch
+            .elapsed()
+            .saturating_sub(Duration::from_nanos(last));
+        if silent_for >= cfg.stall_after && !stalled {
+            stalled = true;
+            socket.emit(
+                json!({"event": "stalled", "seconds": silent_for.as_secs()}),
+                false,
+            );
+        } else if silent_for < cfg.stall_after && stalled {
+            stalled = false;
+            socket.emit(json!({"event": "resumed"}), false);
+        }
+        if !psk_reported && let Some(p) = rx.stats().problem {
+            psk_reported = true;
+            socket.emit(json!({"event": "error", "message": p}), false);
+        }
+        if Instant::now() >= next_stats {
+            next_stats += cfg.stats_every;
+            socket.emit(stats(&cfg, &rx, &input), false);
+        }
+    };
+    input.stop.store(true, Ordering::Relaxed);
+    let _ = reader.join();
+    let outputs = std::mem::take(&mut *input.outputs.lock().expect("outputs lock"));
+    for o in outputs {
+        o.stop();
+    }
+    socket.emit(stats(&cfg, &rx, &input), false);
+    Ok(reason)
+}
+
+fn read_input(rx: &BondedReceiver, input: &Input) {
+    let mut probe = CodecProbe::new();
+    while !input.stop.load(Ordering::Relaxed) {
+        match rx.read(Duration::from_millis(100)) {
+            Ok(Some(d)) => {
+                input
+                    .last_input
+                    .store(input.epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                if input.codec.get().is_none()
+                    && let Some(c) = probe.feed(&d)
+                {
+                    tracing::info!(codec = ?c, "input codec");
+                    let _ = input.codec.set(c);
+                }
+                let d: Arc<[u8]> = d.into();
+                for o in input.outputs.lock().expect("outputs lock").iter() {
+                    o.push(&d);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!("input: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+fn apply(c: Command, input: &Input, events: &Sender<OutputEvent>) -> Result<String, String> {
+    let mut outs = input.outputs.lock().expect("outputs lock");
+    match c {
+        Command::AddOutput {
+            id,
+            url,
+            passphrase,
+        } => {
+            if outs.iter().any(|o| o.id() == id) {
+                return Err(format!("output {id:?} exists"));
+            }
+            let d = Destination::parse(&url, passphrase.as_deref()).map_err(|e| e.to_string())?;
+            let shown = d.redacted();
+            outs.push(Output::start(
+                id.clone(),
+                d,
+                input.codec.clone(),
+                events.clone(),
+            ));
+            Ok(format!("output {id} added: {shown}"))
+        }
+        Command::RemoveOutput { id } => {
+            let i = outs
+                .iter()
+                .position(|o| o.id() == id)
+                .ok_or_else(|| format!("no output {id:?}"))?;
+            let o = outs.remove(i);
+            drop(outs);
+            o.stop();
+            Ok(format!("output {id} removed"))
+        }
+        Command::UpdateForward {
+            id,
+            url,
+            passphrase,
+        } => {
+            let i = match id {
+                Some(id) => outs
+                    .iter()
+                    .position(|o| o.id() == id)
+                    .ok_or_else(|| format!("no output {id:?}"))?,
+                None if outs.len() == 1 => 0,
+                None => {
+                    return Err("update_forward needs an id when there are several outputs".into());
+                }
+            };
+            let d = Destination::parse(&url, passphrase.as_deref()).map_err(|e| e.to_string())?;
+            let id = outs[i].id().to_string();
+            let shown = d.redacted();
+            let new = Output::start(id.clone(), d, input.codec.clone(), events.clone());
+            let old = std::mem::replace(&mut outs[i], new);
+            drop(outs);
+            old.stop();
+            Ok(format!("output {id} now goes to {shown}"))
+        }
+        Command::Stop | Command::Stats => Ok(String::new()),
+    }
+}
+
+fn stats(cfg: &WorkerConfig, rx: &BondedReceiver, input: &Input) -> Value {
+    let flow = rx.stats();
+    let outputs: Vec<_> = input
+        .outputs
+        .lock()
+        .expect("outputs lock")
+        .iter()
+        .map(|o| o.stats())
+        .collect();
+    json!({
+        "event": "stats",
+        "stream_id": cfg.stream_id,
+        "bitrate_in_kbps": flow.bitrate_kbps,
+        "bitrate_out_kbps": outputs.iter().map(|o| o.bitrate_kbps).sum::<f64>(),
+        "buffer_ms": cfg.buffer_ms,
+        "codec": input.codec.get().map(|c| format!("{c:?}")),
+        "rist": flow,
+        "outputs": outputs,
+    })
+}
