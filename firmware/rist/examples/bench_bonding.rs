@@ -22,10 +22,10 @@
 //!
 //! The outage times of (b) come from the emulator's uplink counters sampled
 //! every 50 ms. "Out" is when the dead link's input rate drops, for good, below
-//! 10 % of its rate over t = 5..10 s (250 ms windows). It counts bytes, not
+//! 10 % of its rate over t = 5..10 s (100 ms windows). It counts bytes, not
 //! packets: librist keeps sending a keepalive every 100 ms to a dead peer,
 //! which in packets is about 10 % of a link's data share. "Back" is when the
-//! link's delivered rate over the last 250 ms exceeds 50 % of its pre-outage rate.
+//! link's delivered rate over the last 100 ms exceeds 50 % of its pre-outage rate.
 //!
 //! Run with `scripts/bench-bonding`; the markdown table goes to stdout,
 //! progress to stderr, logs (with our controller's view every second and each
@@ -53,7 +53,7 @@ const SEED: u64 = 42;
 /// How often the emulator's counters are sampled.
 const SAMPLE: Duration = Duration::from_millis(50);
 /// Rate window of the outage measurements, s.
-const WINDOW: f64 = 0.25;
+const WINDOW: f64 = 0.1;
 /// Time after the last input for the receiver to output the tail.
 const DRAIN: Duration = Duration::from_millis(2500);
 

@@ -7,8 +7,8 @@
 //! carries close to its estimate grows it. Weights are proportional to the
 //! estimates, so each link carries what it can. A link from which nothing came
 //! back for `dark_after` is parked at weight 0 which, in librist, means "send
-//! copies here": it never holds the only copy of a packet, and the keepalives
-//! it still carries show when it heals. A healed link comes back at half its
+//! copies here": it never holds the only copy of a packet. Its relay drops
+//! those copies and passes only the small keepalives, which show when it heals. A healed link comes back at half its
 //! old estimate and grows from there.
 //!
 //! librist resets a peer's round-robin credit on every weight change, which can
@@ -54,13 +54,13 @@ impl Default for ControllerConfig {
     fn default() -> Self {
         Self {
             tick: Duration::from_millis(100),
-            dark_after: Duration::from_millis(300),
+            dark_after: Duration::from_millis(250),
             initial_kbps: 1000.0,
             min_kbps: 100.0,
             max_kbps: 200_000.0,
             headroom: 0.8,
             weight_hysteresis: 0.15,
-            base_rtt_window: Duration::from_secs(10),
+            base_rtt_window: Duration::from_secs(30),
             weight_scale: 20,
             warmup: Duration::from_secs(2),
         }
@@ -87,6 +87,10 @@ pub struct Decision {
     pub weight: u32,
     /// Whether `weight` differs from what librist has.
     pub weight_changed: bool,
+    /// Whether the link's relay should drop data and pass only small control
+    /// packets: a dark link at weight 0 would otherwise carry a full copy of
+    /// the stream until librist itself gives up on the peer (about 1 s).
+    pub suppress_data: bool,
 }
 
 /// Per-link controller state.
@@ -184,6 +188,8 @@ pub fn tick(
                 // A token share: librist never declares a peer dead that never
                 // answered, so weight 0 would copy the whole stream to it forever.
                 LinkState::Probing => 1,
+                // Copies only; the link's relay drops the copies while it is
+                // dark, so only keepalives go out (see `Decision::suppress_data`).
                 LinkState::Dark | LinkState::Removed => 0,
             };
             let old = l.weight;
@@ -199,6 +205,7 @@ pub fn tick(
                 state: l.state,
                 weight: l.weight,
                 weight_changed: moved,
+                suppress_data: l.state == LinkState::Dark,
             }
         })
         .collect()
@@ -404,8 +411,8 @@ mod tests {
             ];
             let d = tick(&cfg, now, &mut links.iter_mut().collect::<Vec<_>>(), &obs);
             if i == 24 {
-                assert_eq!(d[1].state, LinkState::Dark);
-                assert_eq!(d[1].weight, 0);
+                assert_eq!((d[1].state, d[1].weight), (LinkState::Dark, 0));
+                assert!(d[1].suppress_data);
             }
             if i == 41 {
                 assert_eq!(d[1].state, LinkState::Up);

@@ -24,6 +24,9 @@ use crate::link::LinkBind;
 
 /// How long a poll waits before checking the stop flag.
 const POLL_MS: i32 = 50;
+/// RIST control packets (keepalive, RTCP, NACK bursts aside) are below this;
+/// a data packet carries 1316 bytes of TS plus headers.
+const MAX_CONTROL: usize = 400;
 /// Largest datagram relayed (librist's own maximum is below this).
 const MAX_DATAGRAM: usize = 10_240;
 
@@ -41,6 +44,10 @@ pub(crate) struct RelayCounters {
     pub garbage: AtomicU64,
     /// Sends the OS refused (interface gone, no route).
     pub send_errors: AtomicU64,
+    /// Sender side: drop data datagrams, pass control ones (the link is dark).
+    pub suppress_data: AtomicBool,
+    /// Data datagrams dropped while suppressed.
+    pub suppressed: AtomicU64,
     /// Nanoseconds after `epoch` of the last datagram from the far end; 0 = never.
     last_in_ns: AtomicU64,
     /// Same, of the first datagram from the far end.
@@ -57,6 +64,8 @@ impl RelayCounters {
             in_bytes: AtomicU64::new(0),
             garbage: AtomicU64::new(0),
             send_errors: AtomicU64::new(0),
+            suppress_data: AtomicBool::new(false),
+            suppressed: AtomicU64::new(0),
             last_in_ns: AtomicU64::new(0),
             first_in_ns: AtomicU64::new(0),
         }
@@ -237,6 +246,10 @@ fn sender_loop(
         if ready[0] {
             while let Ok((n, from)) = inside.recv_from(&mut buf) {
                 librist = Some(from);
+                if n > MAX_CONTROL && c.suppress_data.load(Ordering::Relaxed) {
+                    c.suppressed.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
                 match outside.send_to(&buf[..n], remote) {
                     Ok(_) => c.mark_out(n),
                     Err(_) => {

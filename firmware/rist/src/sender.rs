@@ -454,6 +454,11 @@ fn control_loop(sh: &Shared) {
             if d.weight_changed {
                 set_weight(sh.ctx, s.peer, d.weight);
             }
+            if let Some(r) = &s.relay {
+                r.counters
+                    .suppress_data
+                    .store(d.suppress_data, Ordering::Relaxed);
+            }
             if before != d.state && before != LinkState::Removed {
                 tracing::info!(link = %s.spec.name, state = ?d.state, weight = d.weight, "link state");
             }
