@@ -40,9 +40,9 @@ pub struct ControllerConfig {
     pub weight_hysteresis: f64,
     /// Window of the base-RTT minimum filter.
     pub base_rtt_window: Duration,
-    /// After a link comes up, RTT samples are ignored this long: librist's
-    /// smoothed RTT starts from a guess and converges, and an early low sample
-    /// would sit in the base-RTT window and look like queueing for its length.
+    /// After a link comes up, RTT samples are ignored this long, until the first
+    /// echo round trips have been measured: an early bogus sample would sit in
+    /// the base-RTT window and look like queueing for the window's length.
     pub warmup: Duration,
     /// Weight of the strongest link. librist's round robin gives a peer whose
     /// weight was just set its whole weight in a row, so small weights keep
@@ -62,7 +62,7 @@ impl Default for ControllerConfig {
             weight_hysteresis: 0.15,
             base_rtt_window: Duration::from_secs(30),
             weight_scale: 20,
-            warmup: Duration::from_secs(2),
+            warmup: Duration::from_millis(500),
         }
     }
 }
@@ -361,9 +361,9 @@ mod tests {
         let t0 = Instant::now();
         let mut links = vec![LinkControl::new(t0, 1000.0)];
         let mut sent = [0];
-        // librist's RTT starts low and converges to the real 120 ms.
+        // A bogus low RTT before the first echo, then the real 120 ms.
         for i in 0..40u32 {
-            let rtt = if i < 15 { 20 + 7 * i } else { 120 };
+            let rtt = if i < 4 { 10 } else { 120 };
             step(
                 &cfg,
                 t0 + cfg.tick * (i + 1),

@@ -411,7 +411,9 @@ unsafe extern "C" fn stats_cb(arg: *mut c_void, stats: *const sys::rist_stats) -
         let p = unsafe { st.stats.sender_peer };
         let mut reports = sh.reports.lock().expect("reports lock");
         let r = reports.entry(p.peer_id).or_default();
-        r.rtt_ms = p.rtt;
+        // The struct's rtt is an EWMA that starts from 0 and takes about a
+        // second to converge; the JSON carries the last measured RTT.
+        r.rtt_ms = last_measured_rtt(st).unwrap_or(p.rtt);
         // librist's counters are per interval.
         r.sent += p.sent;
         r.retransmitted += p.retransmitted;
@@ -420,6 +422,19 @@ unsafe extern "C" fn stats_cb(arg: *mut c_void, stats: *const sys::rist_stats) -
     // SAFETY: librist hands ownership of the container to the callback.
     unsafe { sys::rist_stats_free(stats) };
     0
+}
+
+/// The last measured RTT (`sender-stats.peer.stats.rtt`, librist's
+/// `last_mrtt`) from a sender peer report's JSON.
+fn last_measured_rtt(st: &sys::rist_stats) -> Option<u32> {
+    if st.stats_json.is_null() {
+        return None;
+    }
+    // SAFETY: stats_json is a NUL-terminated string owned by the container.
+    let json = unsafe { std::ffi::CStr::from_ptr(st.stats_json) }.to_string_lossy();
+    let v: serde_json::Value = serde_json::from_str(&json).ok()?;
+    let rtt = v.pointer("/sender-stats/peer/stats/rtt")?.as_u64()?;
+    (rtt > 0).then_some(rtt as u32)
 }
 
 fn control_loop(sh: &Shared) {

@@ -179,6 +179,22 @@ impl Destination {
         )
     }
 
+    /// Whether the server accepts a TCP connection now (RTMP only; `None` for
+    /// kinds that cannot be probed cheaply).
+    pub fn reachable(&self) -> Option<bool> {
+        let Destination::Rtmp { url } = self else {
+            return None;
+        };
+        let u = Url::parse(url).ok()?;
+        let port = u
+            .port()
+            .unwrap_or(if u.scheme() == "rtmps" { 443 } else { 1935 });
+        let addrs = std::net::ToSocketAddrs::to_socket_addrs(&(u.host_str()?, port)).ok()?;
+        Some(addrs.into_iter().any(|a| {
+            std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_millis(300)).is_ok()
+        }))
+    }
+
     /// A short kind name for stats.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -251,9 +251,17 @@ fn run(
         // Jitter so that many outputs failing together do not retry in step.
         let wait = backoff.mul_f64(rand::rng().random_range(0.8..1.2));
         let until = Instant::now() + wait;
+        let mut next_probe = Instant::now() + Duration::from_secs(1);
         while Instant::now() < until && !sh.stop.load(Ordering::Relaxed) {
             // Discard what arrives while down: after a reconnect we start live.
             let _ = rx.recv_timeout(Duration::from_millis(50));
+            // A cheap TCP probe ends a long backoff as soon as the server is back.
+            if Instant::now() >= next_probe {
+                next_probe += Duration::from_secs(1);
+                if dest.reachable() == Some(true) {
+                    break;
+                }
+            }
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }

@@ -42,11 +42,22 @@ pub fn free_udp_port() -> u16 {
         .port()
 }
 
-/// An H.264 + AAC TS pattern of `secs` seconds, made once per binary.
+/// An H.264 + AAC TS pattern of 8 seconds, made once per binary.
 pub fn pattern(secs: u32) -> &'static [u8] {
     static TS: OnceLock<Vec<u8>> = OnceLock::new();
-    TS.get_or_init(|| {
-        let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("rx-pattern-{secs}.ts"));
+    TS.get_or_init(|| make_pattern(secs, "libx264"))
+}
+
+/// The same pattern in H.265.
+pub fn pattern_hevc(secs: u32) -> &'static [u8] {
+    static TS: OnceLock<Vec<u8>> = OnceLock::new();
+    TS.get_or_init(|| make_pattern(secs, "libx265"))
+}
+
+fn make_pattern(secs: u32, encoder: &str) -> Vec<u8> {
+    {
+        let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("rx-pattern-{secs}-{encoder}.ts"));
         if !path.exists() {
             let tmp = path.with_extension(format!("{}.tmp.ts", std::process::id()));
             let st = Command::new("ffmpeg")
@@ -74,7 +85,7 @@ pub fn pattern(secs: u32) -> &'static [u8] {
             std::fs::rename(&tmp, &path).unwrap();
         }
         std::fs::read(&path).unwrap()
-    })
+    }
 }
 
 /// nginx with the RTMP module on its own port, recording every stream as FLV.
@@ -273,6 +284,10 @@ pub struct Feeder {
 
 impl Feeder {
     pub fn start(ports: &[u16], data: &'static [u8], looping: bool) -> Self {
+        Self::start_with_psk(ports, data, looping, PSK)
+    }
+
+    pub fn start_with_psk(ports: &[u16], data: &'static [u8], looping: bool, psk: &str) -> Self {
         let links = ports
             .iter()
             .enumerate()
@@ -361,4 +376,26 @@ pub fn decodes_cleanly(path: &Path) -> bool {
         .args(["-f", "null", "-"])
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// Whether the first video frame of a file is a keyframe.
+pub fn starts_on_keyframe(path: &Path) -> bool {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-read_intervals",
+            "%+#1",
+        ])
+        .args(["-show_entries", "frame=key_frame", "-of", "csv=p=0"])
+        .arg(path)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .map(str::trim)
+        == Some("1")
 }
