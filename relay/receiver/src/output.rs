@@ -15,10 +15,12 @@ use rand::Rng;
 use serde::Serialize;
 
 use crate::destination::Destination;
-use crate::pipeline::{self, VideoCodec};
+use crate::pipeline::{self, Video};
 
 /// Datagrams (7 TS packets each) an output may hold: about 3 s at 6.5 Mbit/s.
 const QUEUE_DATAGRAMS: usize = 2048;
+/// Most TS bytes held back waiting for the next video access unit (~2 MB).
+const MAX_HELD: usize = 2 << 20;
 /// Reconnect backoff bounds.
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -93,11 +95,11 @@ pub struct Output {
 }
 
 impl Output {
-    /// Starts an output; it builds its pipeline once `codec` is known.
+    /// Starts an output; it builds its pipeline once the input's video is known.
     pub fn start(
         id: String,
         dest: Destination,
-        codec: Arc<OnceLock<VideoCodec>>,
+        video: Arc<OnceLock<Video>>,
         events: std::sync::mpsc::Sender<OutputEvent>,
     ) -> Self {
         let (tx, rx) = sync_channel(QUEUE_DATAGRAMS);
@@ -113,7 +115,7 @@ impl Output {
         let (sh, d, i) = (shared.clone(), dest.clone(), id.clone());
         let thread = std::thread::Builder::new()
             .name(format!("output-{id}"))
-            .spawn(move || run(&i, &d, &codec, &rx, &sh, &events))
+            .spawn(move || run(&i, &d, &video, &rx, &sh, &events))
             .expect("spawn output thread");
         Self {
             id,
@@ -189,7 +191,7 @@ fn set_state(sh: &Shared, s: OutputState) {
 fn run(
     id: &str,
     dest: &Destination,
-    codec: &OnceLock<VideoCodec>,
+    video: &OnceLock<Video>,
     rx: &Receiver<Arc<[u8]>>,
     sh: &Shared,
     events: &std::sync::mpsc::Sender<OutputEvent>,
@@ -203,17 +205,17 @@ fn run(
         });
     };
     // Wait for the input to tell us what it carries; drop what comes meanwhile.
-    let codec = loop {
+    let video = loop {
         if sh.stop.load(Ordering::Relaxed) {
             set_state(sh, OutputState::Stopped);
             return;
         }
-        if let Some(c) = codec.get() {
-            break *c;
+        if let Some(v) = video.get() {
+            break *v;
         }
         let _ = rx.recv_timeout(Duration::from_millis(100));
     };
-    let desc = match pipeline::describe(dest, codec) {
+    let desc = match pipeline::describe(dest, video.codec) {
         Ok(d) => d,
         Err(e) => {
             set_state(sh, OutputState::Failed);
@@ -232,7 +234,7 @@ fn run(
     loop {
         set_state(sh, OutputState::Connecting);
         let started = Instant::now();
-        match run_pipeline(&desc, dest, rx, sh) {
+        match run_pipeline(&desc, dest, video.pid, rx, sh) {
             Ok(()) => {
                 set_state(sh, OutputState::Stopped);
                 return;
@@ -271,6 +273,7 @@ fn run(
 fn run_pipeline(
     desc: &str,
     dest: &Destination,
+    video_pid: u16,
     rx: &Receiver<Arc<[u8]>>,
     sh: &Shared,
 ) -> Result<(), String> {
@@ -290,28 +293,45 @@ fn run_pipeline(
         } => {
             let sink = pipeline.by_name("sink").expect("sink");
             sink.set_property("passphrase", p);
-            sink.set_property("pbkeylen", 32i32);
+            // An enum (GstSRTKeyLength): 32 bytes = AES-256.
+            sink.set_property_from_str("pbkeylen", "32");
         }
         _ => {}
     }
-    // Start on a keyframe: drop delta frames until the first keyframe.
+    // Start on a keyframe: drop video until the first keyframe, and audio
+    // until then too, so the output opens with a keyframe and timestamps
+    // that only go forward.
+    let seen_key = Arc::new(AtomicBool::new(false));
     if let Some(vparse) = pipeline.by_name("vparse") {
-        let seen_key = AtomicBool::new(false);
+        let seen = seen_key.clone();
         vparse.static_pad("src").expect("src pad").add_probe(
             gst::PadProbeType::BUFFER,
             move |_, info| {
-                if seen_key.load(Ordering::Relaxed) {
+                if seen.load(Ordering::Relaxed) {
                     return gst::PadProbeReturn::Ok;
                 }
                 match info.buffer() {
                     Some(b) if !b.flags().contains(gst::BufferFlags::DELTA_UNIT) => {
-                        seen_key.store(true, Ordering::Relaxed);
+                        seen.store(true, Ordering::Relaxed);
                         gst::PadProbeReturn::Ok
                     }
                     _ => gst::PadProbeReturn::Drop,
                 }
             },
         );
+        if let Some(aparse) = pipeline.by_name("aparse") {
+            let seen = seen_key.clone();
+            aparse.static_pad("src").expect("src pad").add_probe(
+                gst::PadProbeType::BUFFER,
+                move |_, _| {
+                    if seen.load(Ordering::Relaxed) {
+                        gst::PadProbeReturn::Ok
+                    } else {
+                        gst::PadProbeReturn::Drop
+                    }
+                },
+            );
+        }
     }
     // Count what reaches the sink (for RTMP/SRT) or the muxers (HLS/record).
     let counted = ["out", "hls", "rec"]
@@ -353,6 +373,7 @@ fn run_pipeline(
         .map_err(|e| format!("cannot start pipeline: {e}"))?;
     let bus = pipeline.bus().expect("bus");
     let mut last_bytes = 0;
+    let mut held: Vec<u8> = Vec::new();
     loop {
         if sh.stop.load(Ordering::Relaxed) {
             let _ = appsrc.end_of_stream();
@@ -378,7 +399,19 @@ fn run_pipeline(
         }
         match rx.recv_timeout(Duration::from_millis(20)) {
             Ok(d) => {
-                let _ = appsrc.push_buffer(gst::Buffer::from_slice(d));
+                // Hand downstream only whole video access units: keep back what
+                // follows the last video PES start, so that a stop (EOS) never
+                // flushes half a frame into a recording or segment.
+                held.extend_from_slice(&d);
+                if let Some(cut) = pipeline::last_video_start(&held, video_pid).filter(|c| *c > 0) {
+                    let rest = held.split_off(cut);
+                    let whole = std::mem::replace(&mut held, rest);
+                    let _ = appsrc.push_buffer(gst::Buffer::from_mut_slice(whole));
+                } else if held.len() > MAX_HELD {
+                    // No video start for a long while (audio-only, or broken input): pass it on.
+                    let _ =
+                        appsrc.push_buffer(gst::Buffer::from_mut_slice(std::mem::take(&mut held)));
+                }
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return Ok(()),

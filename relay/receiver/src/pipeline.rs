@@ -27,7 +27,7 @@ pub fn describe(dest: &Destination, codec: VideoCodec) -> Result<String, String>
     let video = format!(
         "demux. ! {vcaps} ! queue max-size-time=2000000000 ! {vparse} name=vparse config-interval=-1"
     );
-    let audio = "demux. ! audio/mpeg ! queue max-size-time=2000000000 ! aacparse";
+    let audio = "demux. ! audio/mpeg ! queue max-size-time=2000000000 ! aacparse name=aparse";
     Ok(match dest {
         Destination::Rtmp { .. } => {
             if codec == VideoCodec::H265 {
@@ -75,7 +75,16 @@ pub fn describe(dest: &Destination, codec: VideoCodec) -> Result<String, String>
     })
 }
 
-/// Finds the video codec in a TS datagram's PMT, if it holds one.
+/// The incoming stream's video: its codec and TS PID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Video {
+    /// The codec.
+    pub codec: VideoCodec,
+    /// The PID its packets carry.
+    pub pid: u16,
+}
+
+/// Finds the video stream in a TS datagram's PMT, if it holds one.
 pub struct CodecProbe {
     pmt_pid: Option<u16>,
 }
@@ -86,8 +95,8 @@ impl CodecProbe {
         Self { pmt_pid: None }
     }
 
-    /// Feeds TS packets; returns the codec once the PMT names one.
-    pub fn feed(&mut self, data: &[u8]) -> Option<VideoCodec> {
+    /// Feeds TS packets; returns the video stream once the PMT names one.
+    pub fn feed(&mut self, data: &[u8]) -> Option<Video> {
         for p in data.chunks_exact(188) {
             if p[0] != 0x47 || p[1] & 0x40 == 0 {
                 continue; // not a section start
@@ -119,9 +128,20 @@ impl CodecProbe {
                 let mut i = 12 + info_len;
                 let end = 3 + len.saturating_sub(4);
                 while i + 5 <= end {
+                    let pid = (u16::from(sec[i + 1] & 0x1f) << 8) | u16::from(sec[i + 2]);
                     match sec[i] {
-                        0x1B => return Some(VideoCodec::H264),
-                        0x24 => return Some(VideoCodec::H265),
+                        0x1B => {
+                            return Some(Video {
+                                codec: VideoCodec::H264,
+                                pid,
+                            });
+                        }
+                        0x24 => {
+                            return Some(Video {
+                                codec: VideoCodec::H265,
+                                pid,
+                            });
+                        }
                         _ => {}
                     }
                     let es_info = usize::from(sec[i + 3] & 0x0f) << 8 | usize::from(sec[i + 4]);
@@ -131,6 +151,15 @@ impl CodecProbe {
         }
         None
     }
+}
+
+/// Where the last video access unit starts in `data` (whole TS packets): the
+/// offset of the last packet on `pid` with payload_unit_start set.
+pub fn last_video_start(data: &[u8], pid: u16) -> Option<usize> {
+    data.chunks_exact(188).enumerate().rev().find_map(|(i, p)| {
+        let p_pid = (u16::from(p[1] & 0x1f) << 8) | u16::from(p[2]);
+        (p[0] == 0x47 && p[1] & 0x40 != 0 && p_pid == pid).then_some(i * 188)
+    })
 }
 
 impl Default for CodecProbe {
@@ -157,6 +186,39 @@ mod tests {
             !desc.contains("key"),
             "secrets are set as properties: {desc}"
         );
+    }
+
+    #[test]
+    fn finds_video_in_a_real_pmt_and_cuts_at_access_units() {
+        // PAT (program 1 -> PMT PID 0x1000) and PMT (H.264 on PID 0x100), as ffmpeg writes them.
+        let mut pat = vec![
+            0x47, 0x40, 0x00, 0x10, 0x00, 0x00, 0xb0, 0x0d, 0x00, 0x01, 0xc1, 0x00, 0x00,
+        ];
+        pat.extend([0x00, 0x01, 0xf0, 0x00, 0, 0, 0, 0]);
+        pat.resize(188, 0xff);
+        let mut pmt = vec![
+            0x47, 0x50, 0x00, 0x10, 0x00, 0x02, 0xb0, 0x12, 0x00, 0x01, 0xc1, 0x00, 0x00,
+        ];
+        pmt.extend([
+            0xe1, 0x00, 0xf0, 0x00, 0x1b, 0xe1, 0x00, 0xf0, 0x00, 0, 0, 0, 0,
+        ]);
+        pmt.resize(188, 0xff);
+        let mut probe = CodecProbe::new();
+        assert_eq!(probe.feed(&pat), None);
+        assert_eq!(
+            probe.feed(&pmt),
+            Some(Video {
+                codec: VideoCodec::H264,
+                pid: 0x100
+            })
+        );
+        let mut start = vec![0x47, 0x41, 0x00, 0x10];
+        start.resize(188, 0);
+        let mut cont = vec![0x47, 0x01, 0x00, 0x10];
+        cont.resize(188, 0);
+        let data = [cont.clone(), start.clone(), cont.clone(), start, cont].concat();
+        assert_eq!(last_video_start(&data, 0x100), Some(3 * 188));
+        assert_eq!(last_video_start(&data, 0x101), None);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use strata_rist::{BondedReceiver, Psk, ReceiverConfig};
 use crate::control::{Command, ControlSocket};
 use crate::destination::{Destination, DestinationSpec};
 use crate::output::{Output, OutputEvent};
-use crate::pipeline::{CodecProbe, VideoCodec};
+use crate::pipeline::{CodecProbe, Video};
 
 /// Everything a worker needs to start.
 pub struct WorkerConfig {
@@ -44,7 +44,7 @@ pub enum StopReason {
 
 struct Input {
     outputs: Mutex<Vec<Output>>,
-    codec: Arc<OnceLock<VideoCodec>>,
+    video: Arc<OnceLock<Video>>,
     last_input: AtomicU64,
     epoch: Instant,
     stop: AtomicBool,
@@ -82,13 +82,13 @@ pub fn run(
     let (ev_tx, ev_rx): (Sender<OutputEvent>, Receiver<OutputEvent>) = channel();
     let input = Arc::new(Input {
         outputs: Mutex::new(Vec::new()),
-        codec: Arc::new(OnceLock::new()),
+        video: Arc::new(OnceLock::new()),
         last_input: AtomicU64::new(0),
         epoch: Instant::now(),
         stop: AtomicBool::new(false),
     });
     for (id, d) in dests {
-        let o = Output::start(id, d, input.codec.clone(), ev_tx.clone());
+        let o = Output::start(id, d, input.video.clone(), ev_tx.clone());
         input.outputs.lock().expect("outputs lock").push(o);
     }
     let rx = Arc::new(rx);
@@ -174,11 +174,11 @@ fn read_input(rx: &BondedReceiver, input: &Input) {
                 input
                     .last_input
                     .store(input.epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                if input.codec.get().is_none()
-                    && let Some(c) = probe.feed(&d)
+                if input.video.get().is_none()
+                    && let Some(v) = probe.feed(&d)
                 {
-                    tracing::info!(codec = ?c, "input codec");
-                    let _ = input.codec.set(c);
+                    tracing::info!(codec = ?v.codec, pid = v.pid, "input video");
+                    let _ = input.video.set(v);
                 }
                 let d: Arc<[u8]> = d.into();
                 for o in input.outputs.lock().expect("outputs lock").iter() {
@@ -210,7 +210,7 @@ fn apply(c: Command, input: &Input, events: &Sender<OutputEvent>) -> Result<Stri
             outs.push(Output::start(
                 id.clone(),
                 d,
-                input.codec.clone(),
+                input.video.clone(),
                 events.clone(),
             ));
             Ok(format!("output {id} added: {shown}"))
@@ -243,7 +243,7 @@ fn apply(c: Command, input: &Input, events: &Sender<OutputEvent>) -> Result<Stri
             let d = Destination::parse(&url, passphrase.as_deref()).map_err(|e| e.to_string())?;
             let id = outs[i].id().to_string();
             let shown = d.redacted();
-            let new = Output::start(id.clone(), d, input.codec.clone(), events.clone());
+            let new = Output::start(id.clone(), d, input.video.clone(), events.clone());
             let old = std::mem::replace(&mut outs[i], new);
             drop(outs);
             old.stop();
@@ -268,7 +268,7 @@ fn stats(cfg: &WorkerConfig, rx: &BondedReceiver, input: &Input) -> Value {
         "bitrate_in_kbps": flow.bitrate_kbps,
         "bitrate_out_kbps": outputs.iter().map(|o| o.bitrate_kbps).sum::<f64>(),
         "buffer_ms": cfg.buffer_ms,
-        "codec": input.codec.get().map(|c| format!("{c:?}")),
+        "codec": input.video.get().map(|v| format!("{:?}", v.codec)),
         "rist": flow,
         "outputs": outputs,
     })

@@ -17,6 +17,11 @@ use strata_rist::{BondedSender, LinkSpec, Psk, SenderConfig};
 
 pub const PSK: &str = "receiver test passphrase";
 
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
 /// A child process killed on drop.
 pub struct Proc(pub Child);
 impl Drop for Proc {
@@ -42,7 +47,7 @@ pub fn free_udp_port() -> u16 {
         .port()
 }
 
-/// An H.264 + AAC TS pattern of 8 seconds, made once per binary.
+/// An H.264 + AAC TS pattern of `secs` seconds, made once per binary.
 pub fn pattern(secs: u32) -> &'static [u8] {
     static TS: OnceLock<Vec<u8>> = OnceLock::new();
     TS.get_or_init(|| make_pattern(secs, "libx264"))
@@ -68,7 +73,7 @@ fn make_pattern(secs: u32, encoder: &str) -> Vec<u8> {
                     "-t",
                     &secs.to_string(),
                     "-c:v",
-                    "libx264",
+                    encoder,
                     "-preset",
                     "ultrafast",
                     "-b:v",
@@ -137,13 +142,19 @@ impl Nginx {
         }
     }
 
+    /// Stops nginx at once (SIGTERM to the master, which takes its workers down).
     pub fn kill(&mut self) {
-        self.proc = None;
-        // Workers may outlive the master for a moment.
-        let _ = Command::new("pkill")
-            .args(["-f", &self.dir.join("nginx.conf").display().to_string()])
-            .status();
-        std::thread::sleep(Duration::from_millis(200));
+        if let Some(mut p) = self.proc.take() {
+            // SAFETY: plain kill(2) on our own child's pid.
+            unsafe { libc_kill(p.0.id() as i32, 15) };
+            let _ = p.0.wait();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// The recorded FLV files, oldest first.
@@ -206,7 +217,12 @@ impl Worker {
             .arg("--secrets-file")
             .arg(&secrets)
             .args(extra)
-            .stderr(Stdio::null())
+            // STRATA_TEST_VERBOSE=1 shows the worker's log.
+            .stderr(if std::env::var_os("STRATA_TEST_VERBOSE").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .spawn()
             .unwrap();
         let proc = Proc(child);
@@ -294,7 +310,7 @@ impl Feeder {
             .map(|(i, p)| LinkSpec::new(format!("l{i}"), format!("127.0.0.1:{p}").parse().unwrap()))
             .collect();
         let cfg = SenderConfig {
-            psk: Some(Psk::new(PSK).unwrap()),
+            psk: Some(Psk::new(psk).unwrap()),
             ..Default::default()
         };
         let mut tx = BondedSender::new(cfg, links).unwrap();
@@ -368,14 +384,20 @@ pub fn probe(path: &Path) -> (Vec<String>, f64) {
     (codecs, dur)
 }
 
-/// Decodes every frame of a file; true when ffmpeg finds no error.
-pub fn decodes_cleanly(path: &Path) -> bool {
-    Command::new("ffmpeg")
-        .args(["-v", "error", "-xerror", "-i"])
+/// Decodes every frame of a file: `Ok` when ffmpeg reports no error, else its complaint.
+pub fn decode(path: &Path) -> Result<(), String> {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
         .arg(path)
         .args(["-f", "null", "-"])
-        .status()
-        .is_ok_and(|s| s.success())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    if out.status.success() && err.trim().is_empty() {
+        Ok(())
+    } else {
+        Err(err)
+    }
 }
 
 /// Whether the first video frame of a file is a keyframe.
