@@ -249,8 +249,8 @@ fn update_link(cfg: &ControllerConfig, now: Instant, l: &mut LinkControl, o: &Ob
         }
         (LinkState::Dark, true) => {
             l.capacity_kbps = (l.capacity_before_dark * 0.5).max(cfg.min_kbps);
-            // The RTT measured while dark is stale; start the window afresh.
-            l.rtts.clear();
+            // The base-RTT window is kept: a lossy link flaps dark and back,
+            // and a fresh window would learn its standing queue as the base.
             l.last_cut = Some(now);
             l.set_state(LinkState::Up, now);
         }
@@ -421,6 +421,32 @@ mod tests {
         }
         // Darkness was declared 300-400 ms after the last reply.
         assert!(usable_kbps(&cfg, &links) > 0.0);
+    }
+
+    #[test]
+    fn a_flapping_link_keeps_its_base_rtt() {
+        let cfg = ControllerConfig::default();
+        let t0 = Instant::now();
+        let mut links = vec![LinkControl::new(t0, 1000.0)];
+        let mut sent = [0];
+        let mut now = t0;
+        // 2 s at its true 100 ms, then a standing 400 ms queue with short dark spells.
+        for i in 0..100u32 {
+            now += cfg.tick;
+            let rtt = if i < 20 { 100 } else { 400 };
+            let heard = i < 20 || i % 10 > 3;
+            step(
+                &cfg,
+                now,
+                &mut links,
+                &mut sent,
+                &[1000.0],
+                &[rtt],
+                &[heard],
+            );
+        }
+        assert_eq!(links[0].base_rtt_ms(), Some(100));
+        assert_eq!(links[0].capacity_kbps(), cfg.min_kbps);
     }
 
     #[test]

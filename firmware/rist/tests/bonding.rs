@@ -178,3 +178,38 @@ fn garbage_datagrams_are_counted_and_dropped() {
     assert!(st.garbage_datagrams >= 200, "{st:?}");
     let _ = free_port();
 }
+
+#[test]
+fn links_bound_to_an_interface_carry_the_stream() {
+    let data = &test_ts()[..400 * 1316];
+    let rx = receiver(2, Some(psk()));
+    let specs = rx
+        .ports()
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let mut l = LinkSpec::new(format!("l{i}"), format!("127.0.0.1:{p}").parse().unwrap());
+            // SO_BINDTODEVICE to loopback: the sockets must leave by `lo`.
+            l.bind = strata_rist::LinkBind::Interface("lo".into());
+            l
+        })
+        .collect();
+    let mut tx = sender(specs, Some(psk()));
+    feed(&mut tx, data, 2000.0);
+    let out = drain(&rx, Duration::from_secs(2), Duration::from_secs(20));
+    assert_eq!(sha(&out), sha(data));
+}
+
+#[test]
+fn a_missing_interface_is_a_clear_error() {
+    let mut l = LinkSpec::new("wwan9", "127.0.0.1:9".parse().unwrap());
+    l.bind = strata_rist::LinkBind::Interface("wwan9-missing".into());
+    let err = BondedSender::new(SenderConfig::default(), vec![l])
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("cannot bind to interface wwan9-missing"),
+        "{err}"
+    );
+}

@@ -346,3 +346,23 @@ fn h265_goes_to_recordings_and_is_refused_for_rtmp() {
     );
     assert!(nginx.recordings().is_empty());
 }
+
+#[test]
+fn no_input_raises_stalled_and_input_resumes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("rec");
+    // The worker is started with --stall-after-s 3.
+    let mut w = Worker::start(
+        dir.path(),
+        1,
+        &format!(r#"[{{"id":"r","url":"record://{}"}}]"#, rec.display()),
+        &[],
+    );
+    let stalled = w
+        .wait_event("stalled", Duration::from_secs(8))
+        .expect("stalled event");
+    assert!(stalled["seconds"].as_u64() >= Some(3), "{stalled}");
+    let _feeder = Feeder::start(&w.ports, pattern(45), false);
+    w.wait_event("resumed", Duration::from_secs(8))
+        .expect("resumed event");
+}
