@@ -12,9 +12,8 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -22,7 +21,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::link::LinkBind;
 
-/// How long a poll waits before checking the stop flag.
+/// How long a blocking receive waits before checking the stop flag.
 const POLL_MS: i32 = 50;
 /// RIST control packets (keepalive, RTCP, NACK bursts aside) are below this;
 /// a data packet carries 1316 bytes of TS plus headers.
@@ -156,32 +155,6 @@ fn loopback_socket(port: u16) -> io::Result<UdpSocket> {
     Ok(s)
 }
 
-/// Waits until one of `fds` is readable; returns which ones.
-fn poll_readable(fds: &[i32], ready: &mut Vec<bool>) -> io::Result<()> {
-    let mut p: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|&fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
-    // SAFETY: p is a valid array of pollfd of the given length.
-    let rc = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, POLL_MS) };
-    if rc < 0 {
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-    ready.clear();
-    ready.extend(
-        p.iter()
-            .map(|x| x.revents & (libc::POLLIN | libc::POLLERR) != 0),
-    );
-    Ok(())
-}
-
 /// A running relay thread and its counters. Stops on drop.
 pub(crate) struct Relay {
     pub counters: Arc<RelayCounters>,
@@ -211,10 +184,11 @@ pub(crate) fn start_sender_relay(
     let counters = Arc::new(RelayCounters::new());
     let stop = Arc::new(AtomicBool::new(false));
     let (c, st) = (counters.clone(), stop.clone());
+    let name = name.to_string();
     let thread = std::thread::Builder::new()
         .name(format!("rist-link-{name}"))
         .spawn(move || {
-            if let Err(e) = sender_loop(&inside, &outside, remote, &c, &st) {
+            if let Err(e) = sender_loop(&name, inside, outside, remote, &c, &st) {
                 tracing::error!("link relay stopped: {e}");
             }
         })?;
@@ -228,65 +202,88 @@ pub(crate) fn start_sender_relay(
     ))
 }
 
+/// Uplink on this thread, replies on a second one; both block on their socket
+/// with a timeout (to see the stop flag): two system calls per datagram.
 fn sender_loop(
-    inside: &UdpSocket,
-    outside: &UdpSocket,
+    name: &str,
+    inside: UdpSocket,
+    outside: UdpSocket,
     remote: SocketAddr,
-    c: &RelayCounters,
-    stop: &AtomicBool,
+    c: &Arc<RelayCounters>,
+    stop: &Arc<AtomicBool>,
 ) -> io::Result<()> {
-    inside.set_nonblocking(true)?;
-    outside.set_nonblocking(true)?;
-    let fds = [inside.as_raw_fd(), outside.as_raw_fd()];
-    let mut librist: Option<SocketAddr> = None;
-    let mut buf = vec![0u8; MAX_DATAGRAM];
-    let mut ready = Vec::new();
-    while !stop.load(Ordering::Relaxed) {
-        poll_readable(&fds, &mut ready)?;
-        if ready[0] {
-            while let Ok((n, from)) = inside.recv_from(&mut buf) {
-                librist = Some(from);
-                if n > MAX_CONTROL && c.suppress_data.load(Ordering::Relaxed) {
-                    c.suppressed.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                match outside.send_to(&buf[..n], remote) {
-                    Ok(_) => c.mark_out(n),
-                    Err(_) => {
-                        c.send_errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        }
-        if ready[1] {
-            loop {
-                match outside.recv_from(&mut buf) {
-                    Ok((n, from)) => {
-                        if from != remote {
+    let timeout = Some(Duration::from_millis(POLL_MS as u64));
+    inside.set_read_timeout(timeout)?;
+    outside.set_read_timeout(timeout)?;
+    let (inside, outside) = (Arc::new(inside), Arc::new(outside));
+    // librist's peer socket, learnt from its first datagram; replies go there.
+    let librist: Arc<OnceLock<SocketAddr>> = Arc::default();
+    let replies = {
+        let (i, o, l, c, st) = (
+            inside.clone(),
+            outside.clone(),
+            librist.clone(),
+            c.clone(),
+            stop.clone(),
+        );
+        std::thread::Builder::new()
+            .name(format!("rist-link-{name}-in"))
+            .spawn(move || {
+                let mut buf = vec![0u8; MAX_DATAGRAM];
+                while !st.load(Ordering::Relaxed) {
+                    match o.recv_from(&mut buf) {
+                        Ok((n, from)) if from == remote => {
+                            c.mark_in(n);
+                            if let Some(to) = l.get() {
+                                let _ = i.send_to(&buf[..n], to);
+                            }
+                        }
+                        Ok(_) => {
                             c.garbage.fetch_add(1, Ordering::Relaxed);
-                            continue;
                         }
-                        c.mark_in(n);
-                        if let Some(to) = librist {
-                            let _ = inside.send_to(&buf[..n], to);
-                        }
-                    }
-                    // ICMP errors (port unreachable) surface here; they are not data.
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(_) => {
-                        c.send_errors.fetch_add(1, Ordering::Relaxed);
+                        // Timeouts, and ICMP errors (port unreachable): not data.
+                        Err(_) => {}
                     }
                 }
+            })?
+    };
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    while !stop.load(Ordering::Relaxed) {
+        let Ok((n, from)) = inside.recv_from(&mut buf) else {
+            continue;
+        };
+        let _ = librist.get_or_init(|| from);
+        if n > MAX_CONTROL && c.suppress_data.load(Ordering::Relaxed) {
+            c.suppressed.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        match outside.send_to(&buf[..n], remote) {
+            Ok(_) => c.mark_out(n),
+            Err(_) => {
+                c.send_errors.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
+    let _ = replies.join();
     Ok(())
 }
 
-/// One remote seen on a receiver port.
+/// One remote seen on a receiver port: its loopback socket toward librist and
+/// the thread carrying librist's replies back to it.
 struct Remote {
-    inside: UdpSocket,
+    inside: Arc<UdpSocket>,
     last: Instant,
+    gone: Arc<AtomicBool>,
+    replies: Option<JoinHandle<()>>,
+}
+
+impl Remote {
+    fn stop(&mut self) {
+        self.gone.store(true, Ordering::Relaxed);
+        if let Some(t) = self.replies.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Receiver side: owns a public port; forwards RIST datagrams to librist
@@ -296,6 +293,7 @@ pub(crate) fn start_receiver_relay(outside: UdpSocket, librist_port: u16) -> io:
     let stop = Arc::new(AtomicBool::new(false));
     let (c, st) = (counters.clone(), stop.clone());
     let port = outside.local_addr()?.port();
+    let outside = Arc::new(outside);
     let thread = std::thread::Builder::new()
         .name(format!("rist-port-{port}"))
         .spawn(move || {
@@ -315,76 +313,93 @@ const REMOTE_IDLE: Duration = Duration::from_secs(30);
 /// At most this many remotes per port, so a flood of spoofed sources cannot exhaust fds.
 const MAX_REMOTES: usize = 16;
 
+/// Blocking receives with a timeout (to see the stop flag): two system calls per
+/// datagram, where a poll loop costs four.
 fn receiver_loop(
-    outside: &UdpSocket,
+    outside: &Arc<UdpSocket>,
     librist_port: u16,
-    c: &RelayCounters,
-    stop: &AtomicBool,
+    c: &Arc<RelayCounters>,
+    stop: &Arc<AtomicBool>,
 ) -> io::Result<()> {
-    outside.set_nonblocking(true)?;
+    outside.set_read_timeout(Some(Duration::from_millis(POLL_MS as u64)))?;
     let librist: SocketAddr = (Ipv4Addr::LOCALHOST, librist_port).into();
     let mut remotes: HashMap<SocketAddr, Remote> = HashMap::new();
-    let mut order: Vec<SocketAddr> = Vec::new();
     let mut buf = vec![0u8; MAX_DATAGRAM];
-    let mut ready = Vec::new();
-    let mut fds = Vec::new();
     let mut last_sweep = Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        fds.clear();
-        fds.push(outside.as_raw_fd());
-        order.clear();
-        for (addr, r) in &remotes {
-            fds.push(r.inside.as_raw_fd());
-            order.push(*addr);
-        }
-        poll_readable(&fds, &mut ready)?;
-        if ready[0] {
-            while let Ok((n, from)) = outside.recv_from(&mut buf) {
-                if !looks_like_rist(&buf[..n]) {
+        if let Ok((n, from)) = outside.recv_from(&mut buf) {
+            if !looks_like_rist(&buf[..n]) {
+                c.garbage.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            if !remotes.contains_key(&from) {
+                if remotes.len() >= MAX_REMOTES {
                     c.garbage.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                if !remotes.contains_key(&from) {
-                    if remotes.len() >= MAX_REMOTES {
-                        c.garbage.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    let inside = loopback_socket(0)?;
-                    inside.set_nonblocking(true)?;
-                    tracing::debug!(%from, "new remote on receiver port");
-                    remotes.insert(
-                        from,
-                        Remote {
-                            inside,
-                            last: Instant::now(),
-                        },
-                    );
-                }
-                let r = remotes.get_mut(&from).expect("inserted");
-                r.last = Instant::now();
-                c.mark_out(n);
-                let _ = r.inside.send_to(&buf[..n], librist);
+                tracing::debug!(%from, "new remote on receiver port");
+                remotes.insert(from, new_remote(outside, librist, from, c, stop)?);
             }
-        }
-        for (i, addr) in order.iter().enumerate() {
-            if !ready[i + 1] {
-                continue;
-            }
-            let r = &remotes[addr];
-            while let Ok(n) = r.inside.recv(&mut buf) {
-                if outside.send_to(&buf[..n], addr).is_ok() {
-                    c.mark_in(n);
-                } else {
-                    c.send_errors.fetch_add(1, Ordering::Relaxed);
-                }
-            }
+            let r = remotes.get_mut(&from).expect("inserted");
+            r.last = Instant::now();
+            c.mark_out(n);
+            let _ = r.inside.send(&buf[..n]);
         }
         if last_sweep.elapsed() > Duration::from_secs(1) {
             last_sweep = Instant::now();
-            remotes.retain(|_, r| r.last.elapsed() < REMOTE_IDLE);
+            remotes.retain(|_, r| {
+                let keep = r.last.elapsed() < REMOTE_IDLE;
+                if !keep {
+                    r.stop();
+                }
+                keep
+            });
         }
     }
+    for r in remotes.values_mut() {
+        r.stop();
+    }
     Ok(())
+}
+
+fn new_remote(
+    outside: &Arc<UdpSocket>,
+    librist: SocketAddr,
+    to: SocketAddr,
+    c: &Arc<RelayCounters>,
+    stop: &Arc<AtomicBool>,
+) -> io::Result<Remote> {
+    let inside = Arc::new(loopback_socket(0)?);
+    inside.connect(librist)?;
+    inside.set_read_timeout(Some(Duration::from_millis(POLL_MS as u64)))?;
+    let gone = Arc::new(AtomicBool::new(false));
+    let (i, o, c, st, g) = (
+        inside.clone(),
+        outside.clone(),
+        c.clone(),
+        stop.clone(),
+        gone.clone(),
+    );
+    let replies = std::thread::Builder::new()
+        .name("rist-port-replies".into())
+        .spawn(move || {
+            let mut buf = vec![0u8; MAX_DATAGRAM];
+            while !st.load(Ordering::Relaxed) && !g.load(Ordering::Relaxed) {
+                if let Ok(n) = i.recv(&mut buf) {
+                    if o.send_to(&buf[..n], to).is_ok() {
+                        c.mark_in(n);
+                    } else {
+                        c.send_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        })?;
+    Ok(Remote {
+        inside,
+        last: Instant::now(),
+        gone,
+        replies: Some(replies),
+    })
 }
 
 /// A free loopback UDP port (for librist's listening sockets).
