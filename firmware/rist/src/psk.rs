@@ -32,8 +32,20 @@ impl Psk {
         Ok(Self(s))
     }
 
-    /// Reads a passphrase from a file (trailing newline removed), e.g. one of mode 0600.
+    /// Reads a passphrase from a file (trailing newline removed); the file must
+    /// not be readable by group or others (mode 0600 or stricter).
     pub fn from_file(path: &std::path::Path) -> anyhow::Result<Self> {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map_err(|e| anyhow::anyhow!("cannot read PSK file {}: {e}", path.display()))?
+            .permissions()
+            .mode();
+        anyhow::ensure!(
+            mode & 0o077 == 0,
+            "PSK file {} is readable by others (mode {:o}); make it 0600",
+            path.display(),
+            mode & 0o777
+        );
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read PSK file {}: {e}", path.display()))?;
         Ok(Self::new(text.trim_end_matches(['\r', '\n']))?)
@@ -62,5 +74,24 @@ mod tests {
         assert_eq!(Psk::new("short"), Err(PskError::Length(5)));
         assert_eq!(Psk::new("a".repeat(128)), Err(PskError::Length(128)));
         assert_eq!(Psk::new("abcdefgh\0"), Err(PskError::Nul));
+    }
+
+    #[test]
+    fn file_must_be_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("psk");
+        std::fs::write(&f, "correct horse battery\n").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = Psk::from_file(&f).unwrap_err().to_string();
+        assert!(
+            e.contains("readable by others") && !e.contains("horse"),
+            "{e}"
+        );
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(
+            Psk::from_file(&f).unwrap(),
+            Psk::new("correct horse battery").unwrap()
+        );
     }
 }
