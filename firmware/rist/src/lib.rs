@@ -28,7 +28,7 @@ mod stats;
 pub mod ts;
 
 pub use link::{LinkBind, LinkSpec, LinkState};
-pub use psk::{Psk, PskError};
+pub use psk::{Psk, PskError, ensure_private};
 pub use receiver::{BondedReceiver, ReceiveError, ReceiverConfig};
 pub use sender::{BondedSender, SendError, SenderConfig};
 pub use stats::{BondStats, FlowStats, LinkStats, PeerStats, PortStats};

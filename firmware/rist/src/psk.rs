@@ -35,17 +35,7 @@ impl Psk {
     /// Reads a passphrase from a file (trailing newline removed); the file must
     /// not be readable by group or others (mode 0600 or stricter).
     pub fn from_file(path: &std::path::Path) -> anyhow::Result<Self> {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path)
-            .map_err(|e| anyhow::anyhow!("cannot read PSK file {}: {e}", path.display()))?
-            .permissions()
-            .mode();
-        anyhow::ensure!(
-            mode & 0o077 == 0,
-            "PSK file {} is readable by others (mode {:o}); make it 0600",
-            path.display(),
-            mode & 0o777
-        );
+        ensure_private(path)?;
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read PSK file {}: {e}", path.display()))?;
         Ok(Self::new(text.trim_end_matches(['\r', '\n']))?)
@@ -55,6 +45,22 @@ impl Psk {
     pub(crate) fn expose(&self) -> &str {
         &self.0
     }
+}
+
+/// Refuses a secrets file that group or others can read (anything looser than 0600).
+pub fn ensure_private(path: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?
+        .permissions()
+        .mode();
+    anyhow::ensure!(
+        mode & 0o077 == 0,
+        "{} is readable by others (mode {:o}); make it 0600",
+        path.display(),
+        mode & 0o777
+    );
+    Ok(())
 }
 
 impl fmt::Debug for Psk {

@@ -5,8 +5,7 @@
 use std::io::Read;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::FromRawFd;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -65,7 +64,7 @@ struct Secrets {
 
 fn read_secrets(args: &Args) -> anyhow::Result<Secrets> {
     let text = if let Some(p) = &args.secrets_file {
-        check_private(p)?;
+        strata_rist::ensure_private(p)?;
         std::fs::read_to_string(p)
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?
     } else if let Some(fd) = args.secrets_fd {
@@ -82,20 +81,6 @@ fn read_secrets(args: &Args) -> anyhow::Result<Secrets> {
         return Ok(Secrets::default());
     };
     serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("secrets: {e}"))
-}
-
-fn check_private(p: &Path) -> anyhow::Result<()> {
-    let mode = std::fs::metadata(p)
-        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?
-        .permissions()
-        .mode();
-    anyhow::ensure!(
-        mode & 0o077 == 0,
-        "{} is readable by others (mode {:o}); make it 0600",
-        p.display(),
-        mode & 0o777
-    );
-    Ok(())
 }
 
 fn main() -> ExitCode {

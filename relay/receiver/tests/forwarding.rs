@@ -366,3 +366,30 @@ fn no_input_raises_stalled_and_input_resumes_it() {
     w.wait_event("resumed", Duration::from_secs(8))
         .expect("resumed event");
 }
+
+#[test]
+fn a_secrets_file_others_can_read_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets.json");
+    std::fs::write(
+        &secrets,
+        r#"{"psk": "receiver test passphrase", "outputs": []}"#,
+    )
+    .unwrap();
+    std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_strata-receiver"))
+        .args(["--stream-id", "s", "--ports", "0", "--bind", "127.0.0.1"])
+        .arg("--control-socket")
+        .arg(dir.path().join("c.sock"))
+        .arg("--secrets-file")
+        .arg(&secrets)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("readable by others") && !err.contains("passphrase"),
+        "{err}"
+    );
+}
