@@ -29,6 +29,6 @@ pub mod ts;
 
 pub use link::{LinkBind, LinkSpec, LinkState};
 pub use psk::{Psk, PskError, ensure_private};
-pub use receiver::{BondedReceiver, ReceiveError, ReceiverConfig};
+pub use receiver::{BondedReceiver, DataCallback, ReceiveError, ReceiverConfig};
 pub use sender::{BondedSender, SendError, SenderConfig};
 pub use stats::{BondStats, FlowStats, LinkStats, PeerStats, PortStats};

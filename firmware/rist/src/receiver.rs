@@ -62,7 +62,13 @@ struct FlowTotals {
 struct Shared {
     flow: Mutex<FlowTotals>,
     output_bytes: AtomicU64,
+    /// Callback mode: librist's output thread hands each datagram here.
+    on_data: Option<DataCallback>,
 }
+
+/// Receives each datagram of reassembled TS on librist's output thread; must
+/// not block (it holds up the output of the whole flow).
+pub type DataCallback = Box<dyn Fn(&[u8]) + Send + Sync>;
 
 /// Port share window: when it started and each port's bytes then.
 struct ShareWindow {
@@ -84,6 +90,17 @@ pub struct BondedReceiver {
 impl BondedReceiver {
     /// Binds every port and starts receiving.
     pub fn new(cfg: ReceiverConfig) -> Result<Self, ReceiveError> {
+        Self::build(cfg, None)
+    }
+
+    /// Like [`new`](Self::new), but every datagram goes to `on_data` as librist
+    /// outputs it, with no queue and no thread of ours in between; `read` is
+    /// then not available.
+    pub fn with_callback(cfg: ReceiverConfig, on_data: DataCallback) -> Result<Self, ReceiveError> {
+        Self::build(cfg, Some(on_data))
+    }
+
+    fn build(cfg: ReceiverConfig, on_data: Option<DataCallback>) -> Result<Self, ReceiveError> {
         if cfg.listen.is_empty() {
             return Err(ReceiveError::Rist("no port to listen on".into()));
         }
@@ -99,9 +116,11 @@ impl BondedReceiver {
                 "rist_receiver_create failed ({rc})"
             )));
         }
+        let callback_mode = on_data.is_some();
         let shared = Arc::new(Shared {
             flow: Mutex::new(FlowTotals::default()),
             output_bytes: AtomicU64::new(0),
+            on_data,
         });
         let mut me = Self {
             ctx: Ctx(ctx),
@@ -122,6 +141,24 @@ impl BondedReceiver {
             Arc::as_ptr(&me.shared) as *const c_void,
         )
         .map_err(|e| ReceiveError::Rist(e.to_string()))?;
+        if callback_mode {
+            // SAFETY: ctx is live and not started; Shared outlives the context.
+            let rc = unsafe {
+                sys::rist_receiver_data_callback_set2(
+                    ctx,
+                    Some(data_cb),
+                    Arc::as_ptr(&me.shared) as *mut c_void,
+                )
+            };
+            // Without this librist also fills its read FIFO, which nobody drains.
+            // SAFETY: as above; 0 is a valid (power-of-two) size meaning "none".
+            let fifo = unsafe { sys::rist_receiver_set_output_fifo_size(ctx, 0) };
+            if rc != 0 || fifo != 0 {
+                return Err(ReceiveError::Rist(format!(
+                    "cannot set the data callback ({rc}, {fifo})"
+                )));
+            }
+        }
         for addr in &cfg.listen {
             let outside = UdpSocket::bind(addr).map_err(|source| ReceiveError::Bind {
                 addr: *addr,
@@ -165,6 +202,11 @@ impl BondedReceiver {
 
     /// Waits up to `timeout` for the next datagram of reassembled TS.
     pub fn read(&self, timeout: Duration) -> Result<Option<Vec<u8>>, ReceiveError> {
+        if self.shared.on_data.is_some() {
+            return Err(ReceiveError::Rist(
+                "this receiver hands data to its callback".into(),
+            ));
+        }
         let mut block: *mut sys::rist_data_block = ptr::null_mut();
         let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
         // SAFETY: ctx is live; block is a valid out-pointer.
@@ -271,6 +313,31 @@ impl Drop for BondedReceiver {
 unsafe impl Send for BondedReceiver {}
 // SAFETY: as above.
 unsafe impl Sync for BondedReceiver {}
+
+/// librist's data callback (its output thread); `arg` is `*const Shared`.
+unsafe extern "C" fn data_cb(arg: *mut c_void, block: *mut sys::rist_data_block) -> i32 {
+    if arg.is_null() || block.is_null() {
+        return 0;
+    }
+    // SAFETY: arg is the Shared kept alive until after rist_destroy; the block
+    // and its payload are valid until we free it below.
+    let (sh, data) = unsafe {
+        let b = &*block;
+        (
+            &*(arg as *const Shared),
+            std::slice::from_raw_parts(b.payload as *const u8, b.payload_len),
+        )
+    };
+    sh.output_bytes
+        .fetch_add(data.len() as u64, Ordering::Relaxed);
+    if let Some(f) = &sh.on_data {
+        f(data);
+    }
+    let mut block = block;
+    // SAFETY: the callback owns a reference to the block and frees it once.
+    unsafe { sys::rist_receiver_data_block_free2(&mut block) };
+    0
+}
 
 /// librist's stats callback; `arg` is `*const Shared`.
 unsafe extern "C" fn stats_cb(arg: *mut c_void, stats: *const sys::rist_stats) -> i32 {

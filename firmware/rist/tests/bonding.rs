@@ -213,3 +213,36 @@ fn a_missing_interface_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn callback_mode_delivers_the_same_bytes() {
+    use std::sync::{Arc, Mutex};
+    let data = &test_ts()[..600 * 1316];
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let sink = got.clone();
+    let listen = vec!["127.0.0.1:0".parse().unwrap(); 2];
+    let rx = BondedReceiver::with_callback(
+        ReceiverConfig {
+            listen,
+            psk: Some(psk()),
+            buffer_ms: 1000,
+        },
+        Box::new(move |d| sink.lock().unwrap().extend_from_slice(d)),
+    )
+    .unwrap();
+    assert!(
+        rx.read(Duration::from_millis(1)).is_err(),
+        "read is not for callback mode"
+    );
+    let specs = rx
+        .ports()
+        .iter()
+        .enumerate()
+        .map(|(i, p)| LinkSpec::new(format!("l{i}"), format!("127.0.0.1:{p}").parse().unwrap()))
+        .collect();
+    let mut tx = sender(specs, Some(psk()));
+    feed(&mut tx, data, 2000.0);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(sha(&got.lock().unwrap()), sha(data));
+    assert_eq!(rx.stats().output_bytes, data.len() as u64);
+}

@@ -74,11 +74,6 @@ pub fn run(
     signal: Arc<AtomicBool>,
 ) -> anyhow::Result<StopReason> {
     let dests = validate(&cfg.outputs).map_err(anyhow::Error::msg)?;
-    let rx = BondedReceiver::new(ReceiverConfig {
-        listen: cfg.listen.clone(),
-        psk: cfg.psk.clone(),
-        buffer_ms: cfg.buffer_ms,
-    })?;
     let (ev_tx, ev_rx): (Sender<OutputEvent>, Receiver<OutputEvent>) = channel();
     let input = Arc::new(Input {
         outputs: Mutex::new(Vec::new()),
@@ -91,12 +86,18 @@ pub fn run(
         let o = Output::start(id, d, input.video.clone(), ev_tx.clone());
         input.outputs.lock().expect("outputs lock").push(o);
     }
-    let rx = Arc::new(rx);
-    let reader = {
-        let (input, rx) = (input.clone(), rx.clone());
-        std::thread::Builder::new()
-            .name("rist-input".into())
-            .spawn(move || read_input(&rx, &input))?
+    // Data arrives on librist's output thread: no queue or thread of ours before the outputs'.
+    let rx = {
+        let input = input.clone();
+        let probe = Mutex::new(CodecProbe::new());
+        BondedReceiver::with_callback(
+            ReceiverConfig {
+                listen: cfg.listen.clone(),
+                psk: cfg.psk.clone(),
+                buffer_ms: cfg.buffer_ms,
+            },
+            Box::new(move |d| on_input(&input, &probe, d)),
+        )?
     };
     socket.emit(
         json!({"event": "ready", "stream_id": cfg.stream_id, "ports": rx.ports()}),
@@ -157,7 +158,6 @@ pub fn run(
         }
     };
     input.stop.store(true, Ordering::Relaxed);
-    let _ = reader.join();
     let outputs = std::mem::take(&mut *input.outputs.lock().expect("outputs lock"));
     for o in outputs {
         o.stop();
@@ -166,31 +166,23 @@ pub fn run(
     Ok(reason)
 }
 
-fn read_input(rx: &BondedReceiver, input: &Input) {
-    let mut probe = CodecProbe::new();
-    while !input.stop.load(Ordering::Relaxed) {
-        match rx.read(Duration::from_millis(100)) {
-            Ok(Some(d)) => {
-                input
-                    .last_input
-                    .store(input.epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                if input.video.get().is_none()
-                    && let Some(v) = probe.feed(&d)
-                {
-                    tracing::info!(codec = ?v.codec, pid = v.pid, "input video");
-                    let _ = input.video.set(v);
-                }
-                let d: Arc<[u8]> = d.into();
-                for o in input.outputs.lock().expect("outputs lock").iter() {
-                    o.push(&d);
-                }
-            }
-            Ok(None) => {}
-            Err(e) => {
-                tracing::error!("input: {e}");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
+/// One datagram of reassembled TS: note the time, learn the codec, fan out.
+fn on_input(input: &Input, probe: &Mutex<CodecProbe>, d: &[u8]) {
+    if input.stop.load(Ordering::Relaxed) {
+        return;
+    }
+    input
+        .last_input
+        .store(input.epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    if input.video.get().is_none()
+        && let Some(v) = probe.lock().expect("probe lock").feed(d)
+    {
+        tracing::info!(codec = ?v.codec, pid = v.pid, "input video");
+        let _ = input.video.set(v);
+    }
+    let d: Arc<[u8]> = d.into();
+    for o in input.outputs.lock().expect("outputs lock").iter() {
+        o.push(&d);
     }
 }
 
