@@ -167,11 +167,9 @@ impl Output {
     }
 
     /// Sends EOS, waits for the sink to finalise (recordings), and stops.
-    pub fn stop(mut self) {
-        self.shared.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+    pub fn stop(self) {
+        // Drop does it; this names the intent at call sites.
+        drop(self);
     }
 }
 

@@ -148,13 +148,15 @@ pub fn run(
             stalled = false;
             socket.emit(json!({"event": "resumed"}), false);
         }
-        if !psk_reported && let Some(p) = rx.stats().problem {
-            psk_reported = true;
-            socket.emit(json!({"event": "error", "message": p}), false);
-        }
         if Instant::now() >= next_stats {
             next_stats += cfg.stats_every;
-            socket.emit(stats(&cfg, &rx, &input), false);
+            let st = stats(&cfg, &rx, &input);
+            // A wrong PSK is reported once, as an error, besides the stats.
+            if !psk_reported && let Some(p) = st["rist"]["problem"].as_str() {
+                psk_reported = true;
+                socket.emit(json!({"event": "error", "message": p}), false);
+            }
+            socket.emit(st, false);
         }
     };
     input.stop.store(true, Ordering::Relaxed);

@@ -393,3 +393,76 @@ fn a_secrets_file_others_can_read_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn outputs_are_added_and_removed_while_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("first");
+    let added = dir.path().join("added");
+    let mut w = Worker::start(
+        dir.path(),
+        2,
+        &format!(r#"[{{"id":"first","url":"record://{}"}}]"#, first.display()),
+        &[],
+    );
+    let _feeder = Feeder::start(&w.ports, pattern(45), false);
+    std::thread::sleep(Duration::from_secs(3));
+    w.send(&format!(
+        r#"{{"cmd":"add_output","id":"added","url":"record://{}"}}"#,
+        added.display()
+    ));
+    w.wait_event("ok", Duration::from_secs(5))
+        .expect("add acknowledged");
+    w.send(r#"{"cmd":"add_output","id":"added","url":"record:///tmp/x"}"#);
+    let dup = w
+        .wait_event("error", Duration::from_secs(5))
+        .expect("duplicate id refused");
+    assert!(dup["message"].as_str().unwrap().contains("exists"), "{dup}");
+    w.send(r#"{"cmd":"add_output","id":"bad","url":"gopher://x/y"}"#);
+    let bad = w
+        .wait_event("error", Duration::from_secs(5))
+        .expect("bad scheme refused");
+    assert!(bad["message"].as_str().unwrap().contains("scheme"), "{bad}");
+    std::thread::sleep(Duration::from_secs(4));
+    w.send(r#"{"cmd":"remove_output","id":"added"}"#);
+    let removed = w
+        .wait_event("ok", Duration::from_secs(10))
+        .expect("remove acknowledged");
+    assert!(
+        removed["message"].as_str().unwrap().contains("removed"),
+        "{removed}"
+    );
+    let stats = w.latest_stats();
+    assert_eq!(stats["outputs"].as_array().unwrap().len(), 1, "{stats}");
+    w.send(&format!(
+        r#"{{"cmd":"stats","pad":"{}"}}"#,
+        "x".repeat(70_000)
+    ));
+    let long = w
+        .wait_event("error", Duration::from_secs(5))
+        .expect("long line refused");
+    assert!(
+        long["message"].as_str().unwrap().contains("too long"),
+        "{long}"
+    );
+    // The control connection was closed after the long line; stop by signal.
+    let pid = w.proc.0.id().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(w.proc.0.wait().unwrap().success());
+    for d in [&first, &added] {
+        let files: Vec<_> = std::fs::read_dir(d)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        assert_eq!(files.len(), 1, "{d:?}: {files:?}");
+        let (codecs, dur) = probe(&files[0]);
+        assert!(
+            codecs.contains(&"h264".into()) && dur >= 3.0,
+            "{d:?}: {codecs:?} {dur}"
+        );
+    }
+}

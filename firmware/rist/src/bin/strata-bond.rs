@@ -39,7 +39,8 @@ struct Common {
     /// Recovery buffer, ms.
     #[arg(long, default_value_t = 1000)]
     buffer_ms: u32,
-    /// Print statistics as one JSON object per line on stdout instead of a table on stderr.
+    /// Print statistics as one JSON object per line instead of a table: on stdout for
+    /// `send`, on stderr for `receive` (whose stdout may carry the TS).
     #[arg(long)]
     stats_json: bool,
     /// Statistics interval, ms.
