@@ -1,0 +1,109 @@
+//! Relay configuration: a TOML file, overridden by `STRATA_RELAY_*`
+//! environment variables, over embedded defaults.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Everything `strata-relay serve` needs to start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Directory holding the SQLite database, keys and the TLS certificate.
+    pub data_dir: PathBuf,
+    /// Address the HTTPS listener binds.
+    pub listen: SocketAddr,
+    /// Database URL; empty means `sqlite://<data_dir>/strata.db`.
+    /// A `postgres://` URL selects PostgreSQL.
+    pub database_url: String,
+    /// Whether anyone may create an account (and an organization) at `/register`.
+    pub registration_open: bool,
+    /// TLS certificate chain (PEM); empty means the self-signed one in the data directory.
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM), with `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Session lifetime in hours.
+    pub session_hours: u32,
+    /// Login attempts allowed per minute, per client address and per account.
+    pub login_attempts_per_minute: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("strata-data"),
+            listen: "127.0.0.1:8443".parse().expect("valid default"),
+            database_url: String::new(),
+            registration_open: false,
+            tls_cert: None,
+            tls_key: None,
+            session_hours: 12,
+            login_attempts_per_minute: 5,
+        }
+    }
+}
+
+impl Config {
+    /// Loads defaults, then the TOML file if given, then `STRATA_RELAY_*` variables
+    /// (for example `STRATA_RELAY_LISTEN=0.0.0.0:443`).
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                anyhow::bail!("config file {} does not exist", file.display());
+            }
+            fig = fig.merge(Toml::file(file));
+        }
+        let cfg: Config = fig.merge(Env::prefixed("STRATA_RELAY_")).extract()?;
+        if cfg.tls_cert.is_some() != cfg.tls_key.is_some() {
+            anyhow::bail!("tls_cert and tls_key go together");
+        }
+        if cfg.login_attempts_per_minute == 0 {
+            anyhow::bail!("login_attempts_per_minute must be at least 1");
+        }
+        Ok(cfg)
+    }
+
+    /// The database URL, defaulting to SQLite in the data directory.
+    pub fn database_url(&self) -> String {
+        if self.database_url.is_empty() {
+            format!("sqlite://{}/strata.db", self.data_dir.display())
+        } else {
+            self.database_url.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_env() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "relay.toml",
+                "listen = \"127.0.0.1:9000\"\nregistration_open = true\n",
+            )?;
+            jail.set_env("STRATA_RELAY_LISTEN", "127.0.0.1:9001");
+            let cfg = Config::load(Some(Path::new("relay.toml"))).expect("loads");
+            assert_eq!(cfg.listen.port(), 9001);
+            assert!(cfg.registration_open);
+            assert!(cfg.database_url().starts_with("sqlite://"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_and_missing_files_are_errors() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("bad.toml", "listne = \"127.0.0.1:9000\"\n")?;
+            assert!(Config::load(Some(Path::new("bad.toml"))).is_err());
+            assert!(Config::load(Some(Path::new("missing.toml"))).is_err());
+            Ok(())
+        });
+    }
+}

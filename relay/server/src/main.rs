@@ -1,0 +1,120 @@
+//! `strata-relay`: the relay server's command line.
+
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use strata_relay::auth::{check_password_strength, hash_password};
+use strata_relay::config::Config;
+use strata_relay::datadir::DataDir;
+use strata_relay::store::accounts::{self, Role, normalize_email};
+use strata_relay::{db, web};
+
+/// Strata relay: accounts, organizations, the dashboard and its API.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// TOML configuration file (every key may be overridden by STRATA_RELAY_<KEY>).
+    #[arg(long, global = true, env = "STRATA_RELAY_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve HTTPS (creates the data directory, database, keys and a self-signed certificate on first start).
+    Serve,
+    /// Manage user accounts.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create an account that owns a new organization. The password is read
+    /// from the terminal (asked twice) or from the first line of standard input.
+    Add {
+        /// Login email.
+        #[arg(long)]
+        email: String,
+        /// Name of the organization to create (default: the email's domain).
+        #[arg(long)]
+        org: Option<String>,
+    },
+}
+
+fn read_password() -> anyhow::Result<String> {
+    if std::io::stdin().is_terminal() {
+        let a = rpassword::prompt_password("Password: ")?;
+        let b = rpassword::prompt_password("Again: ")?;
+        anyhow::ensure!(a == b, "the passwords differ");
+        Ok(a)
+    } else {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        Ok(line.trim_end_matches(['\r', '\n']).to_string())
+    }
+}
+
+async fn user_add(config: Config, email: &str, org: Option<String>) -> anyhow::Result<()> {
+    let email = normalize_email(email).context("that is not an email address")?;
+    let password = read_password()?;
+    check_password_strength(&password).map_err(|e| anyhow::anyhow!(e))?;
+    DataDir::open_or_create(&config.data_dir)?;
+    let pool = db::connect(&config.database_url()).await?;
+    let org_name = org.unwrap_or_else(|| {
+        email
+            .split_once('@')
+            .map(|(_, d)| d.to_string())
+            .unwrap_or_default()
+    });
+    anyhow::ensure!(
+        !org_name.trim().is_empty() && org_name.chars().count() <= 64,
+        "the organization needs a name of 1 to 64 characters"
+    );
+    let hash = hash_password(&password);
+    let user = match accounts::create_user(&pool, &email, &hash).await {
+        Err(e) if db::is_unique_violation(&e) => {
+            anyhow::bail!("an account with email {email} already exists")
+        }
+        r => r?,
+    };
+    let org = accounts::create_org(&pool, org_name.trim()).await?;
+    accounts::add_member(&pool, &org.id, &user.id, Role::Owner).await?;
+    println!("created {email}, owner of \"{}\" ({})", org.name, org.id);
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn,tower_http=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let run = || -> anyhow::Result<()> {
+        let config = Config::load(cli.config.as_deref())?;
+        let rt = tokio::runtime::Runtime::new()?;
+        rt.block_on(async {
+            match cli.command {
+                Command::Serve => web::serve(config).await,
+                Command::User {
+                    command: UserCommand::Add { email, org },
+                } => user_add(config, &email, org).await,
+            }
+        })
+    };
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("strata-relay: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

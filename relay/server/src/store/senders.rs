@@ -1,0 +1,356 @@
+//! Senders (enrolled devices): what the registry knows of them, the encoder
+//! settings the owner chose, and their per-link telemetry.
+
+use serde::{Deserialize, Serialize};
+
+use crate::db::Db;
+use crate::{new_id, now_ms};
+
+/// A sender as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SenderRow {
+    /// Id.
+    pub id: String,
+    /// Owner-given name.
+    pub name: String,
+    /// 1 while its control channel is up.
+    pub online: i64,
+    /// Last time the relay heard from it, ms since the epoch.
+    pub last_seen_at: Option<i64>,
+    /// The stream it is sending, if any.
+    pub current_stream_id: Option<String>,
+    /// Inventory JSON as last reported.
+    pub inventory: String,
+    /// Encoder settings JSON.
+    pub settings: String,
+}
+
+/// What a device reported about its hardware.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(default)]
+pub struct Inventory {
+    /// Network links the bond can use.
+    pub links: Vec<LinkInfo>,
+    /// Cellular modems.
+    pub modems: Vec<ModemInfo>,
+    /// Media inputs (capture devices, files, test pattern).
+    pub inputs: Vec<InputInfo>,
+}
+
+/// One network link.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(default)]
+pub struct LinkInfo {
+    /// Interface name.
+    pub name: String,
+    /// Kind: cellular, ethernet, wifi.
+    pub kind: String,
+    /// Whether it is connected.
+    pub up: bool,
+}
+
+/// One cellular modem.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(default)]
+pub struct ModemInfo {
+    /// Model.
+    pub model: String,
+    /// Operator name.
+    pub operator: String,
+    /// Access technology (lte, 5gnr...).
+    pub technology: String,
+    /// Signal quality, percent.
+    pub signal_percent: u8,
+    /// SIM state.
+    pub sim: String,
+    /// Interface carrying its data.
+    pub interface: String,
+}
+
+/// One media input.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(default)]
+pub struct InputInfo {
+    /// Id the settings refer to.
+    pub id: String,
+    /// Kind: v4l2, file, test.
+    pub kind: String,
+    /// Human name.
+    pub name: String,
+}
+
+/// Video codec the device encodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Codec {
+    /// H.264 (every destination).
+    #[default]
+    H264,
+    /// H.265 (SRT, HLS and recordings; not RTMP).
+    H265,
+}
+
+/// Encoder settings the owner chose for a sender.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EncoderSettings {
+    /// Input id from the inventory (`test` is the built-in test pattern).
+    pub input: String,
+    /// Video codec.
+    pub codec: Codec,
+    /// Frame height in lines (width follows 16:9).
+    pub height: u32,
+    /// Frames per second.
+    pub fps: u32,
+    /// Lowest video bitrate the encoder may drop to, kbit/s.
+    pub min_kbps: u32,
+    /// Highest video bitrate, kbit/s.
+    pub max_kbps: u32,
+    /// Whether audio is sent.
+    pub audio: bool,
+}
+
+impl Default for EncoderSettings {
+    fn default() -> Self {
+        EncoderSettings {
+            input: "test".into(),
+            codec: Codec::H264,
+            height: 720,
+            fps: 30,
+            min_kbps: 500,
+            max_kbps: 6000,
+            audio: true,
+        }
+    }
+}
+
+/// Heights offered by the settings form.
+pub const HEIGHTS: [u32; 4] = [480, 720, 1080, 2160];
+/// Frame rates offered by the settings form.
+pub const FRAME_RATES: [u32; 5] = [24, 25, 30, 50, 60];
+
+impl EncoderSettings {
+    /// Checks the settings; the message names the field.
+    pub fn validate(&self, inventory: &Inventory) -> Result<(), String> {
+        if self.input != "test" && !inventory.inputs.iter().any(|i| i.id == self.input) {
+            return Err(format!(
+                "input '{}' is not one of this sender's inputs",
+                self.input
+            ));
+        }
+        if !HEIGHTS.contains(&self.height) {
+            return Err(format!("height must be one of {HEIGHTS:?}"));
+        }
+        if !FRAME_RATES.contains(&self.fps) {
+            return Err(format!("fps must be one of {FRAME_RATES:?}"));
+        }
+        if !(200..=50_000).contains(&self.min_kbps) || !(200..=50_000).contains(&self.max_kbps) {
+            return Err("bitrates must be between 200 and 50000 kbit/s".into());
+        }
+        if self.min_kbps > self.max_kbps {
+            return Err("minimum bitrate is above the maximum".into());
+        }
+        Ok(())
+    }
+}
+
+impl SenderRow {
+    /// The parsed inventory (empty if the stored JSON is unreadable).
+    pub fn inventory(&self) -> Inventory {
+        serde_json::from_str(&self.inventory).unwrap_or_default()
+    }
+
+    /// The parsed settings (defaults if none were saved).
+    pub fn settings(&self) -> EncoderSettings {
+        serde_json::from_str(&self.settings).unwrap_or_default()
+    }
+}
+
+const COLUMNS: &str = "id, name, online, last_seen_at, current_stream_id, inventory, settings";
+
+/// Creates a sender (enrollment does this; tests and benchmarks too).
+pub async fn create(
+    db: &Db,
+    org_id: &str,
+    name: &str,
+    inventory: &Inventory,
+) -> sqlx::Result<String> {
+    let id = new_id();
+    sqlx::query(
+        "INSERT INTO senders (id, org_id, name, inventory, settings, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&id)
+    .bind(org_id)
+    .bind(name)
+    .bind(serde_json::to_string(inventory).expect("inventory serializes"))
+    .bind(serde_json::to_string(&EncoderSettings::default()).expect("settings serialize"))
+    .bind(now_ms())
+    .execute(db)
+    .await?;
+    Ok(id)
+}
+
+/// The organization's senders, by name.
+pub async fn list(db: &Db, org_id: &str) -> sqlx::Result<Vec<SenderRow>> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM senders WHERE org_id = $1 ORDER BY name, id"
+    ))
+    .bind(org_id)
+    .fetch_all(db)
+    .await
+}
+
+/// One of the organization's senders.
+pub async fn get(db: &Db, org_id: &str, id: &str) -> sqlx::Result<Option<SenderRow>> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM senders WHERE org_id = $1 AND id = $2"
+    ))
+    .bind(org_id)
+    .bind(id)
+    .fetch_optional(db)
+    .await
+}
+
+/// Stores new encoder settings; false if the organization has no such sender.
+pub async fn set_settings(
+    db: &Db,
+    org_id: &str,
+    id: &str,
+    settings: &EncoderSettings,
+) -> sqlx::Result<bool> {
+    let r = sqlx::query("UPDATE senders SET settings = $1 WHERE org_id = $2 AND id = $3")
+        .bind(serde_json::to_string(settings).expect("settings serialize"))
+        .bind(org_id)
+        .bind(id)
+        .execute(db)
+        .await?;
+    Ok(r.rows_affected() > 0)
+}
+
+/// Records presence (the device plane calls this on status messages).
+pub async fn set_presence(db: &Db, id: &str, online: bool, at_ms: i64) -> sqlx::Result<()> {
+    sqlx::query("UPDATE senders SET online = $1, last_seen_at = $2 WHERE id = $3")
+        .bind(i64::from(online))
+        .bind(at_ms)
+        .bind(id)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// One link's numbers at one instant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct LinkSample {
+    /// Time, ms since the epoch.
+    pub ts: i64,
+    /// Link (interface) name.
+    pub link: String,
+    /// Bitrate sent on the link, kbit/s.
+    pub kbps: i64,
+    /// Round-trip time, ms.
+    pub rtt_ms: i64,
+    /// Loss, per mille.
+    pub loss_permille: i64,
+}
+
+/// Stores telemetry samples of one sender.
+pub async fn record_telemetry(
+    db: &Db,
+    sender_id: &str,
+    samples: &[LinkSample],
+) -> sqlx::Result<()> {
+    let mut tx = db.begin().await?;
+    for s in samples {
+        sqlx::query("INSERT INTO telemetry (sender_id, ts, link, kbps, rtt_ms, loss_permille) VALUES ($1, $2, $3, $4, $5, $6)")
+            .bind(sender_id)
+            .bind(s.ts)
+            .bind(&s.link)
+            .bind(s.kbps)
+            .bind(s.rtt_ms)
+            .bind(s.loss_permille)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await
+}
+
+/// The sender's samples newer than `since_ms`, oldest first, at most `limit`
+/// (the newest ones when there are more).
+pub async fn telemetry_since(
+    db: &Db,
+    org_id: &str,
+    sender_id: &str,
+    since_ms: i64,
+    limit: i64,
+) -> sqlx::Result<Vec<LinkSample>> {
+    let mut rows: Vec<LinkSample> = sqlx::query_as(
+        "SELECT t.ts, t.link, t.kbps, t.rtt_ms, t.loss_permille FROM telemetry t \
+         JOIN senders s ON s.id = t.sender_id \
+         WHERE s.org_id = $1 AND t.sender_id = $2 AND t.ts > $3 ORDER BY t.ts DESC LIMIT $4",
+    )
+    .bind(org_id)
+    .bind(sender_id)
+    .bind(since_ms)
+    .bind(limit)
+    .fetch_all(db)
+    .await?;
+    rows.reverse();
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_validation() {
+        let inv = Inventory {
+            inputs: vec![InputInfo {
+                id: "cam0".into(),
+                kind: "v4l2".into(),
+                name: "HDMI".into(),
+            }],
+            ..Default::default()
+        };
+        let ok = EncoderSettings {
+            input: "cam0".into(),
+            ..Default::default()
+        };
+        assert!(ok.validate(&inv).is_ok());
+        assert!(
+            EncoderSettings {
+                input: "cam9".into(),
+                ..ok.clone()
+            }
+            .validate(&inv)
+            .is_err()
+        );
+        assert!(
+            EncoderSettings {
+                height: 721,
+                ..ok.clone()
+            }
+            .validate(&inv)
+            .is_err()
+        );
+        assert!(
+            EncoderSettings {
+                min_kbps: 7000,
+                ..ok.clone()
+            }
+            .validate(&inv)
+            .is_err()
+        );
+        assert!(
+            EncoderSettings {
+                max_kbps: 10,
+                ..ok.clone()
+            }
+            .validate(&inv)
+            .is_err()
+        );
+        assert!(
+            serde_json::from_str::<EncoderSettings>("{\"input\":\"test\",\"evil\":1}").is_err()
+        );
+    }
+}

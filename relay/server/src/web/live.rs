@@ -1,0 +1,100 @@
+//! Server-sent events that keep pages live without reloading: the htmx SSE
+//! extension swaps the fragments these streams send. Each stream re-checks
+//! the caller's membership, so a removed member stops receiving.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use askama::Template;
+use axum::extract::{Path, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::Stream;
+
+use super::pages_senders::{ChartFragment, RowsFragment, SenderView, StatusFragment};
+use super::{AppError, AppState};
+use crate::auth::Caller;
+use crate::now_ms;
+use crate::store::{accounts, senders};
+
+/// How often the sender list is re-sent.
+const LIST_EVERY: Duration = Duration::from_secs(2);
+/// How often a sender's status and chart are re-sent.
+const DETAIL_EVERY: Duration = Duration::from_secs(1);
+
+async fn still_member(state: &AppState, caller: &Caller) -> bool {
+    matches!(
+        accounts::role_in(&state.db, &caller.org.id, &caller.user.id).await,
+        Ok(Some(_))
+    )
+}
+
+async fn rows_event(state: &AppState, org: &str) -> Result<Event, AppError> {
+    let now = now_ms();
+    let senders = senders::list(&state.db, org)
+        .await?
+        .iter()
+        .map(|s| SenderView::of(s, now))
+        .collect();
+    let html = RowsFragment {
+        org: org.to_string(),
+        senders,
+    }
+    .render()?;
+    Ok(Event::default().event("senders").data(html))
+}
+
+/// GET /o/{org}/senders/live: event `senders` with the table rows.
+pub async fn senders_rows(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let stream = futures_util::stream::unfold((state, caller), |(state, caller)| async move {
+        tokio::time::sleep(LIST_EVERY).await;
+        if !still_member(&state, &caller).await {
+            return None;
+        }
+        let ev = rows_event(&state, &caller.org.id).await.ok()?;
+        Some((Ok(ev), (state, caller)))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+async fn detail_events(state: &AppState, org: &str, id: &str) -> Result<Vec<Event>, AppError> {
+    let sender = senders::get(&state.db, org, id)
+        .await?
+        .ok_or(AppError::NotFound)?;
+    let status = StatusFragment {
+        sender: SenderView::of(&sender, now_ms()),
+    }
+    .render()?;
+    let chart = ChartFragment::load(state, org, id).await?.render()?;
+    Ok(vec![
+        Event::default().event("status").data(status),
+        Event::default().event("chart").data(chart),
+    ])
+}
+
+/// GET /o/{org}/senders/{id}/live: events `status` and `chart`.
+pub async fn sender_detail(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((_, id)): Path<(String, String)>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, AppError> {
+    senders::get(&state.db, &caller.org.id, &id)
+        .await?
+        .ok_or(AppError::NotFound)?;
+    let stream =
+        futures_util::stream::unfold((state, caller, id), |(state, caller, id)| async move {
+            tokio::time::sleep(DETAIL_EVERY).await;
+            if !still_member(&state, &caller).await {
+                return None;
+            }
+            let events = detail_events(&state, &caller.org.id, &id).await.ok()?;
+            Some((
+                futures_util::stream::iter(events.into_iter().map(Ok)),
+                (state, caller, id),
+            ))
+        });
+    use futures_util::StreamExt;
+    Ok(Sse::new(stream.flatten()).keep_alive(KeepAlive::default()))
+}

@@ -1,0 +1,153 @@
+//! HTTP: the router, shared state, errors, static assets and the small
+//! service endpoints. Pages live in [`pages`] modules, the JSON API in [`api`].
+
+pub mod api;
+mod assets;
+mod chart;
+mod error;
+mod layout;
+mod live;
+pub mod metrics;
+mod pages_account;
+mod pages_org;
+mod pages_senders;
+mod serve;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, HeaderValue, header};
+use axum::middleware;
+use axum::routing::{get, post};
+use tower_http::set_header::SetResponseHeaderLayer;
+
+pub use error::{ApiError, ApiJson, AppError, Form};
+pub use serve::serve;
+
+use crate::auth::{Csrf, LoginLimiter, csrf_guard};
+use crate::config::Config;
+use crate::db::Db;
+use crate::secrets::SecretBox;
+
+/// Largest request body any route accepts.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// Everything a handler may need, shared by all requests.
+pub struct Relay {
+    /// The database.
+    pub db: Db,
+    /// Encrypts secrets at rest.
+    pub sbox: SecretBox,
+    /// Derives and checks CSRF tokens.
+    pub csrf: Csrf,
+    /// Login rate limit.
+    pub limiter: LoginLimiter,
+    /// Prometheus counters.
+    pub metrics: metrics::Metrics,
+    /// The configuration it started with.
+    pub config: Config,
+    /// The data directory.
+    pub data_dir: PathBuf,
+}
+
+/// The state axum hands to handlers.
+pub type AppState = Arc<Relay>;
+
+/// The whole HTTP surface: dashboard pages (cookie + CSRF), JSON API (bearer
+/// token), static assets, `/healthz` and `/metrics`.
+pub fn router(state: AppState) -> Router {
+    let pages = Router::new()
+        .route("/", get(pages_account::home))
+        .route(
+            "/login",
+            get(pages_account::login_page).post(pages_account::login),
+        )
+        .route("/logout", post(pages_account::logout))
+        .route(
+            "/register",
+            get(pages_account::register_page).post(pages_account::register),
+        )
+        .route(
+            "/account",
+            get(pages_account::account_page).post(pages_account::change_password),
+        )
+        .route("/o/{org}/senders", get(pages_senders::list))
+        .route("/o/{org}/senders/live", get(live::senders_rows))
+        .route("/o/{org}/senders/{id}", get(pages_senders::detail))
+        .route(
+            "/o/{org}/senders/{id}/settings",
+            post(pages_senders::save_settings),
+        )
+        .route("/o/{org}/senders/{id}/live", get(live::sender_detail))
+        .route(
+            "/o/{org}/destinations",
+            get(pages_org::destinations).post(pages_org::add_destination),
+        )
+        .route(
+            "/o/{org}/destinations/{id}",
+            post(pages_org::update_destination),
+        )
+        .route(
+            "/o/{org}/destinations/{id}/delete",
+            post(pages_org::delete_destination),
+        )
+        .route("/o/{org}/streams", get(pages_org::streams))
+        .route(
+            "/o/{org}/members",
+            get(pages_org::members).post(pages_org::add_member),
+        )
+        .route("/o/{org}/members/{user}", post(pages_org::change_member))
+        .route(
+            "/o/{org}/tokens",
+            get(pages_org::tokens).post(pages_org::create_token),
+        )
+        .route("/o/{org}/tokens/{id}/revoke", post(pages_org::revoke_token))
+        .layer(middleware::from_fn_with_state(state.clone(), csrf_guard));
+
+    Router::new()
+        .merge(pages)
+        .merge(api::router())
+        .route("/static/{file}", get(assets::serve))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics::scrape))
+        .fallback(|| async { AppError::NotFound })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            metrics::count_requests,
+        ))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(
+                "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; \
+                 frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+            ),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("same-origin"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            HeaderName::from_static("strict-transport-security"),
+            HeaderValue::from_static("max-age=31536000"),
+        ))
+        .with_state(state)
+}
+
+/// Liveness and database reachability.
+async fn healthz(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> Result<&'static str, AppError> {
+    sqlx::query("SELECT 1").execute(&state.db).await?;
+    Ok("ok\n")
+}

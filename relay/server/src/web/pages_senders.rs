@@ -1,0 +1,278 @@
+//! Sender pages: the list (live online state) and one sender (links, modems,
+//! inputs, encoder settings, live per-link chart).
+
+use askama::Template;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use serde::Deserialize;
+
+use super::chart::{self, Chart};
+use super::layout::{Nav, nav};
+use super::{AppError, AppState, Form};
+use crate::auth::Caller;
+use crate::now_ms;
+use crate::store::accounts::Role;
+use crate::store::senders::{
+    self, Codec, EncoderSettings, FRAME_RATES, HEIGHTS, Inventory, SenderRow,
+};
+
+/// Window of the live chart.
+pub const CHART_WINDOW_MS: i64 = 5 * 60_000;
+/// Most samples the chart reads (5 min of 1 Hz samples for 8 links).
+pub const CHART_MAX_SAMPLES: i64 = 2400;
+
+/// A sender as a row of the list.
+pub struct SenderView {
+    /// Id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Online now.
+    pub online: bool,
+    /// "12 s ago", "never".
+    pub last_seen: String,
+    /// Whether a stream is running.
+    pub streaming: bool,
+}
+
+impl SenderView {
+    /// The row for a stored sender.
+    pub fn of(s: &SenderRow, now: i64) -> SenderView {
+        SenderView {
+            id: s.id.clone(),
+            name: s.name.clone(),
+            online: s.online != 0,
+            last_seen: ago(now, s.last_seen_at),
+            streaming: s.current_stream_id.is_some(),
+        }
+    }
+}
+
+/// "12 s ago" style age of a timestamp.
+pub fn ago(now: i64, ts: Option<i64>) -> String {
+    let Some(ts) = ts else { return "never".into() };
+    let s = (now - ts).max(0) / 1000;
+    match s {
+        0..60 => format!("{s} s ago"),
+        60..3600 => format!("{} min ago", s / 60),
+        3600..86_400 => format!("{} h ago", s / 3600),
+        _ => format!("{} d ago", s / 86_400),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "senders.html")]
+struct ListPage {
+    nav: Nav,
+    org: String,
+    senders: Vec<SenderView>,
+}
+
+/// The rows fragment the list page's live stream swaps in.
+#[derive(Template)]
+#[template(path = "senders_rows.html")]
+pub struct RowsFragment {
+    /// Organization id, for links.
+    pub org: String,
+    /// The rows.
+    pub senders: Vec<SenderView>,
+}
+
+/// GET /o/{org}/senders
+pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Response, AppError> {
+    let now = now_ms();
+    let senders = senders::list(&state.db, &caller.org.id)
+        .await?
+        .iter()
+        .map(|s| SenderView::of(s, now))
+        .collect();
+    let page = ListPage {
+        nav: nav(&state, &caller, "senders").await?,
+        org: caller.org.id.clone(),
+        senders,
+    };
+    Ok(Html(page.render()?).into_response())
+}
+
+/// The status fragment of the sender page.
+#[derive(Template)]
+#[template(path = "sender_status.html")]
+pub struct StatusFragment {
+    /// The sender.
+    pub sender: SenderView,
+}
+
+/// The chart fragment of the sender page.
+#[derive(Template)]
+#[template(path = "chart.html")]
+pub struct ChartFragment {
+    /// Laid-out chart.
+    pub chart: Chart,
+}
+
+impl ChartFragment {
+    /// The chart of a sender's last minutes.
+    pub async fn load(
+        state: &AppState,
+        org: &str,
+        sender: &str,
+    ) -> Result<ChartFragment, AppError> {
+        let now = now_ms();
+        let samples = senders::telemetry_since(
+            &state.db,
+            org,
+            sender,
+            now - CHART_WINDOW_MS,
+            CHART_MAX_SAMPLES,
+        )
+        .await?;
+        Ok(ChartFragment {
+            chart: chart::build(&samples, now, CHART_WINDOW_MS),
+        })
+    }
+}
+
+#[derive(Template)]
+#[template(path = "sender.html")]
+struct DetailPage {
+    nav: Nav,
+    status: StatusFragment,
+    chart: ChartFragment,
+    inventory: Inventory,
+    settings: EncoderSettings,
+    /// (id, label, selected)
+    input_options: Vec<(String, String, bool)>,
+    /// (value, selected)
+    height_options: Vec<(u32, bool)>,
+    /// (value, selected)
+    fps_options: Vec<(u32, bool)>,
+    message: String,
+    error: String,
+}
+
+/// Query of the sender page.
+#[derive(Deserialize)]
+pub struct DetailQuery {
+    saved: Option<u8>,
+}
+
+async fn detail_page(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    settings: Option<EncoderSettings>,
+    message: &str,
+    error: &str,
+) -> Result<DetailPage, AppError> {
+    let sender = senders::get(&state.db, &caller.org.id, id)
+        .await?
+        .ok_or(AppError::NotFound)?;
+    let inventory = sender.inventory();
+    let settings = settings.unwrap_or_else(|| sender.settings());
+    let mut input_options = vec![(
+        "test".to_string(),
+        "Test pattern with tone".to_string(),
+        settings.input == "test",
+    )];
+    input_options.extend(inventory.inputs.iter().map(|i| {
+        (
+            i.id.clone(),
+            format!("{} ({})", i.name, i.kind),
+            i.id == settings.input,
+        )
+    }));
+    Ok(DetailPage {
+        nav: nav(state, caller, "senders").await?,
+        status: StatusFragment {
+            sender: SenderView::of(&sender, now_ms()),
+        },
+        chart: ChartFragment::load(state, &caller.org.id, id).await?,
+        input_options,
+        height_options: HEIGHTS.iter().map(|&h| (h, h == settings.height)).collect(),
+        fps_options: FRAME_RATES
+            .iter()
+            .map(|&f| (f, f == settings.fps))
+            .collect(),
+        inventory,
+        settings,
+        message: message.into(),
+        error: error.into(),
+    })
+}
+
+/// GET /o/{org}/senders/{id}
+pub async fn detail(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((_, id)): Path<(String, String)>,
+    Query(q): Query<DetailQuery>,
+) -> Result<Response, AppError> {
+    let msg = if q.saved.is_some() {
+        "Settings saved."
+    } else {
+        ""
+    };
+    let page = detail_page(&state, &caller, &id, None, msg, "").await?;
+    Ok(Html(page.render()?).into_response())
+}
+
+/// The encoder settings form.
+#[derive(Deserialize)]
+pub struct SettingsForm {
+    input: String,
+    codec: String,
+    height: u32,
+    fps: u32,
+    min_kbps: u32,
+    max_kbps: u32,
+    audio: Option<String>,
+}
+
+/// POST /o/{org}/senders/{id}/settings
+pub async fn save_settings(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((_, id)): Path<(String, String)>,
+    Form(form): Form<SettingsForm>,
+) -> Result<Response, AppError> {
+    caller.require(Role::Operator)?;
+    let sender = senders::get(&state.db, &caller.org.id, &id)
+        .await?
+        .ok_or(AppError::NotFound)?;
+    let codec = match form.codec.as_str() {
+        "h264" => Codec::H264,
+        "h265" => Codec::H265,
+        _ => return Err(AppError::BadRequest("codec must be h264 or h265".into())),
+    };
+    let settings = EncoderSettings {
+        input: form.input,
+        codec,
+        height: form.height,
+        fps: form.fps,
+        min_kbps: form.min_kbps,
+        max_kbps: form.max_kbps,
+        audio: form.audio.is_some(),
+    };
+    if let Err(e) = settings.validate(&sender.inventory()) {
+        let page = detail_page(&state, &caller, &id, Some(settings), "", &e).await?;
+        return Ok((StatusCode::BAD_REQUEST, Html(page.render()?)).into_response());
+    }
+    senders::set_settings(&state.db, &caller.org.id, &id, &settings).await?;
+    tracing::info!(org = %caller.org.id, sender = %id, user = %caller.user.email, "encoder settings changed");
+    Ok(Redirect::to(&format!("/o/{}/senders/{}?saved=1", caller.org.id, id)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages() {
+        assert_eq!(ago(10_000, None), "never");
+        assert_eq!(ago(10_000, Some(0)), "10 s ago");
+        assert_eq!(ago(600_000, Some(0)), "10 min ago");
+        assert_eq!(ago(7_200_000, Some(0)), "2 h ago");
+        assert_eq!(ago(0, Some(5)), "0 s ago");
+    }
+}

@@ -1,0 +1,86 @@
+//! Start-up of `strata-relay serve`: data directory, database, state, and
+//! the HTTPS listener with graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum_server::tls_rustls::RustlsConfig;
+
+use super::{AppState, Relay, metrics::Metrics, router};
+use crate::auth::{Csrf, LoginLimiter};
+use crate::config::Config;
+use crate::datadir::DataDir;
+use crate::secrets::SecretBox;
+use crate::{db, store};
+
+/// Builds the shared state: opens (or creates) the data directory and the database.
+pub async fn state(config: Config) -> anyhow::Result<(AppState, DataDir)> {
+    let dir = DataDir::open_or_create(&config.data_dir)?;
+    let pool = db::connect(&config.database_url()).await?;
+    let state = Arc::new(Relay {
+        db: pool,
+        sbox: SecretBox::new(&dir.secrets_key),
+        csrf: Csrf::new(dir.session_key),
+        limiter: LoginLimiter::new(config.login_attempts_per_minute),
+        metrics: Metrics::default(),
+        data_dir: dir.path.clone(),
+        config,
+    });
+    Ok((state, dir))
+}
+
+/// Serves HTTPS until SIGTERM or Ctrl-C, then drains requests for up to 10 s.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (state, dir) = state(config).await?;
+    let (cert, key) = match (&state.config.tls_cert, &state.config.tls_key) {
+        (Some(c), Some(k)) => (c.clone(), k.clone()),
+        _ => (dir.tls_cert.clone(), dir.tls_key.clone()),
+    };
+    let tls = RustlsConfig::from_pem_file(&cert, &key)
+        .await
+        .with_context(|| format!("loading TLS certificate {} and key", cert.display()))?;
+
+    let purge_db = state.db.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            if let Err(e) = store::sessions::purge_expired(&purge_db).await {
+                tracing::warn!(error = %e, "purging expired sessions failed");
+            }
+        }
+    });
+
+    let handle = axum_server::Handle::new();
+    let shutdown = handle.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("shutting down");
+        shutdown.graceful_shutdown(Some(Duration::from_secs(10)));
+    });
+
+    let listening = handle.clone();
+    tokio::spawn(async move {
+        if let Some(addr) = listening.listening().await {
+            // One stable line for scripts and tests (the port may be 0 in config).
+            println!("strata-relay listening on https://{addr}");
+        }
+    });
+
+    let listen = state.config.listen;
+    let app = router(state);
+    tracing::info!(%listen, cert = %cert.display(), "serving HTTPS");
+    axum_server::bind_rustls(listen, tls)
+        .handle(handle)
+        .serve(app.into_make_service_with_connect_info::<SocketAddr>())
+        .await
+        .with_context(|| format!("serving on {listen}"))?;
+    Ok(())
+}
