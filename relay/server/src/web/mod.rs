@@ -24,7 +24,7 @@ use axum::routing::{get, post};
 use tower_http::set_header::SetResponseHeaderLayer;
 
 pub use error::{ApiError, ApiJson, AppError, Form};
-pub use serve::serve;
+pub use serve::{serve, state};
 
 use crate::auth::{Csrf, LoginLimiter, csrf_guard};
 use crate::config::Config;
