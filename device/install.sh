@@ -12,8 +12,8 @@
 #   UDEV_RULESDIR     /usr/lib/udev/rules.d
 #   SYSUSERSDIR       /usr/lib/sysusers.d
 # The helpers stay in /usr/libexec/strata: the unit and udev rules name them.
-# The data partition's fstab line is not installed here: only images that
-# have that partition add device/fstab/strata-data.fstab to /etc/fstab.
+# The data partition's fstab line goes to /usr/share/strata/; images that
+# have that partition append it to /etc/fstab.
 set -eu
 
 src=$(cd "$(dirname "$0")" && pwd)
@@ -41,5 +41,6 @@ inst 0644 polkit/50-strata-agent.rules /usr/share/polkit-1/rules.d/50-strata-age
 inst 0644 sysusers/strata.conf "$sysusersdir/strata.conf"
 inst 0644 config/agent.toml /etc/strata/agent.toml
 inst 0644 README.md /usr/share/doc/strata/README.md
+inst 0644 fstab/strata-data.fstab /usr/share/strata/strata-data.fstab
 # Mount point of the data partition; first boot sets owner and mode.
 install -d -m 0700 "$dest/var/lib/strata"

@@ -5,11 +5,11 @@
 #
 # Mounts the persistent data partition (label "strata-data", made by each
 # board's genimage.cfg) on /var/lib/strata. The fstab line is defined once,
-# in the repository's device/ directory.
+# in device/fstab/, and installed by the strata-agent package.
 set -eu
 
 TARGET_DIR=${1:?usage: post-build.sh TARGET_DIR}
-FSTAB_LINE_FILE="${BR2_EXTERNAL_STRATA_PATH:?}/../device/fstab/strata-data.fstab"
+FSTAB_LINE_FILE="$TARGET_DIR/usr/share/strata/strata-data.fstab"
 
 line=$(cat "$FSTAB_LINE_FILE")
 if ! grep -qxF "$line" "$TARGET_DIR/etc/fstab"; then
