@@ -30,32 +30,76 @@ struct Route {
 }
 
 const fn page(method: &'static str, path: &'static str, min: Role, body: &'static str) -> Route {
-    Route { kind: Kind::Page, method, path, min, body, sse: false }
+    Route {
+        kind: Kind::Page,
+        method,
+        path,
+        min,
+        body,
+        sse: false,
+    }
 }
 
-const fn api_route(method: &'static str, path: &'static str, min: Role, body: &'static str) -> Route {
-    Route { kind: Kind::Api, method, path, min, body, sse: false }
+const fn api_route(
+    method: &'static str,
+    path: &'static str,
+    min: Role,
+    body: &'static str,
+) -> Route {
+    Route {
+        kind: Kind::Api,
+        method,
+        path,
+        min,
+        body,
+        sse: false,
+    }
 }
 
-const SETTINGS_JSON: &str =
-    r#"{"input":"test","codec":"h264","height":1080,"fps":30,"min_kbps":800,"max_kbps":5000,"audio":false}"#;
+const SETTINGS_JSON: &str = r#"{"input":"test","codec":"h264","height":1080,"fps":30,"min_kbps":800,"max_kbps":5000,"audio":false}"#;
 const DEST_JSON: &str = r#"{"name":"Twitch","kind":"rtmp","target":"rtmp://live.example.net/app","secret":"live_0123456789"}"#;
 
 fn routes() -> Vec<Route> {
     use Role::*;
     vec![
         page("GET", "/o/{org}/senders", Viewer, ""),
-        Route { sse: true, ..page("GET", "/o/{org}/senders/live", Viewer, "") },
+        Route {
+            sse: true,
+            ..page("GET", "/o/{org}/senders/live", Viewer, "")
+        },
         page("GET", "/o/{org}/senders/{sender}", Viewer, ""),
-        page("POST", "/o/{org}/senders/{sender}/settings", Operator, "input=test&codec=h265&height=1080&fps=25&min_kbps=600&max_kbps=3000"),
-        Route { sse: true, ..page("GET", "/o/{org}/senders/{sender}/live", Viewer, "") },
+        page(
+            "POST",
+            "/o/{org}/senders/{sender}/settings",
+            Operator,
+            "input=test&codec=h265&height=1080&fps=25&min_kbps=600&max_kbps=3000",
+        ),
+        Route {
+            sse: true,
+            ..page("GET", "/o/{org}/senders/{sender}/live", Viewer, "")
+        },
         page("GET", "/o/{org}/destinations", Viewer, ""),
-        page("POST", "/o/{org}/destinations", Operator, "name=New&kind=srt&target=srt%3A%2F%2F127.0.0.1%3A9000&secret="),
-        page("POST", "/o/{org}/destinations/{dest}", Operator, "name=Renamed&kind=rtmp&target=rtmp%3A%2F%2Fh%2Fapp2&secret="),
+        page(
+            "POST",
+            "/o/{org}/destinations",
+            Operator,
+            "name=New&kind=srt&target=srt%3A%2F%2F127.0.0.1%3A9000&secret=",
+        ),
+        page(
+            "POST",
+            "/o/{org}/destinations/{dest}",
+            Operator,
+            "name=Renamed&kind=rtmp&target=rtmp%3A%2F%2Fh%2Fapp2&secret=",
+        ),
         page("POST", "/o/{org}/destinations/{dest}/delete", Operator, ""),
         page("GET", "/o/{org}/streams", Viewer, ""),
         page("GET", "/o/{org}/members", Viewer, ""),
-        page("POST", "/o/{org}/members", Owner, "email={loner}&role=viewer"),
+        page(
+            "POST",
+            "/o/{org}/members",
+            Owner,
+            "email={loner}&role=viewer",
+        ),
         page("POST", "/o/{org}/members/{user}", Owner, "role=operator"),
         page("POST", "/o/{org}/members/{user}", Owner, "role=remove"),
         page("GET", "/o/{org}/tokens", Owner, ""),
@@ -63,19 +107,54 @@ fn routes() -> Vec<Route> {
         page("POST", "/o/{org}/tokens/{token}/revoke", Owner, ""),
         api_route("GET", "/api/v1/o/{org}/senders", Viewer, ""),
         api_route("GET", "/api/v1/o/{org}/senders/{sender}", Viewer, ""),
-        api_route("PUT", "/api/v1/o/{org}/senders/{sender}/settings", Operator, SETTINGS_JSON),
-        api_route("GET", "/api/v1/o/{org}/senders/{sender}/telemetry", Viewer, ""),
+        api_route(
+            "PUT",
+            "/api/v1/o/{org}/senders/{sender}/settings",
+            Operator,
+            SETTINGS_JSON,
+        ),
+        api_route(
+            "GET",
+            "/api/v1/o/{org}/senders/{sender}/telemetry",
+            Viewer,
+            "",
+        ),
         api_route("GET", "/api/v1/o/{org}/destinations", Viewer, ""),
         api_route("POST", "/api/v1/o/{org}/destinations", Operator, DEST_JSON),
-        api_route("PUT", "/api/v1/o/{org}/destinations/{dest}", Operator, DEST_JSON),
-        api_route("DELETE", "/api/v1/o/{org}/destinations/{dest}", Operator, ""),
+        api_route(
+            "PUT",
+            "/api/v1/o/{org}/destinations/{dest}",
+            Operator,
+            DEST_JSON,
+        ),
+        api_route(
+            "DELETE",
+            "/api/v1/o/{org}/destinations/{dest}",
+            Operator,
+            "",
+        ),
         api_route("GET", "/api/v1/o/{org}/streams", Viewer, ""),
         api_route("GET", "/api/v1/o/{org}/members", Viewer, ""),
-        api_route("POST", "/api/v1/o/{org}/members", Owner, r#"{"email":"{loner}","role":"viewer"}"#),
-        api_route("PUT", "/api/v1/o/{org}/members/{user}", Owner, r#"{"role":"operator"}"#),
+        api_route(
+            "POST",
+            "/api/v1/o/{org}/members",
+            Owner,
+            r#"{"email":"{loner}","role":"viewer"}"#,
+        ),
+        api_route(
+            "PUT",
+            "/api/v1/o/{org}/members/{user}",
+            Owner,
+            r#"{"role":"operator"}"#,
+        ),
         api_route("DELETE", "/api/v1/o/{org}/members/{user}", Owner, ""),
         api_route("GET", "/api/v1/o/{org}/tokens", Owner, ""),
-        api_route("POST", "/api/v1/o/{org}/tokens", Owner, r#"{"name":"ci","role":"viewer"}"#),
+        api_route(
+            "POST",
+            "/api/v1/o/{org}/tokens",
+            Owner,
+            r#"{"name":"ci","role":"viewer"}"#,
+        ),
         api_route("DELETE", "/api/v1/o/{org}/tokens/{token}", Owner, ""),
     ]
 }
@@ -90,12 +169,37 @@ struct Objects {
 
 async fn objects(app: &TestApp, org: &Org, owner: &User, n: usize) -> Objects {
     let db = &app.state.db;
-    let sender = senders::create(db, &org.id, &format!("sender {n}"), &Inventory::default()).await.unwrap();
-    let input = DestinationInput { name: format!("dest {n}"), kind: "rtmp".into(), target: "rtmp://h/app".into(), secret: Some("key_0123456789".into()) };
-    let dest = destinations::create(db, &app.state.sbox, &org.id, &input).await.unwrap().id;
-    let user = app.member(org, &format!("extra-{n}-{}@example.org", org.id), Role::Viewer).await.id;
-    let token = tokens::create(db, &org.id, &owner.id, "target", Role::Viewer).await.unwrap().0;
-    Objects { sender, dest, user, token }
+    let sender = senders::create(db, &org.id, &format!("sender {n}"), &Inventory::default())
+        .await
+        .unwrap();
+    let input = DestinationInput {
+        name: format!("dest {n}"),
+        kind: "rtmp".into(),
+        target: "rtmp://h/app".into(),
+        secret: Some("key_0123456789".into()),
+    };
+    let dest = destinations::create(db, &app.state.sbox, &org.id, &input)
+        .await
+        .unwrap()
+        .id;
+    let user = app
+        .member(
+            org,
+            &format!("extra-{n}-{}@example.org", org.id),
+            Role::Viewer,
+        )
+        .await
+        .id;
+    let token = tokens::create(db, &org.id, &owner.id, "target", Role::Viewer)
+        .await
+        .unwrap()
+        .0;
+    Objects {
+        sender,
+        dest,
+        user,
+        token,
+    }
 }
 
 fn fill(template: &str, org: &Org, o: &Objects, loner: &str) -> String {
@@ -139,9 +243,13 @@ fn request(route: &Route, who: &Who, path: &str, body: &str) -> Request<Body> {
         Who::Nobody => {
             let b = Request::builder().method(route.method).uri(path);
             if route.kind == Kind::Api {
-                b.header("content-type", "application/json").body(Body::from(body.to_string())).unwrap()
+                b.header("content-type", "application/json")
+                    .body(Body::from(body.to_string()))
+                    .unwrap()
             } else {
-                b.header("content-type", "application/x-www-form-urlencoded").body(Body::from(body.to_string())).unwrap()
+                b.header("content-type", "application/x-www-form-urlencoded")
+                    .body(Body::from(body.to_string()))
+                    .unwrap()
             }
         }
         Who::Page(b) if route.method == "GET" => b.get(path),
@@ -160,7 +268,9 @@ async fn every_route_every_role_every_tenant() {
         let owner_a = app.member(&a, "owner@alpha.example", Role::Owner).await;
         let mut callers = Vec::new();
         for role in Role::ALL {
-            let user = app.member(&a, &format!("{role}-caller@alpha.example"), role).await;
+            let user = app
+                .member(&a, &format!("{role}-caller@alpha.example"), role)
+                .await;
             let browser = app.browser(&user).await;
             let token = app.token(&a, &user, role).await;
             callers.push((role, browser, token));
@@ -169,10 +279,19 @@ async fn every_route_every_role_every_tenant() {
         let mut checked = 0;
         for route in routes() {
             for (role, browser, token) in &callers {
-                let who = if route.kind == Kind::Page { Who::Page(browser) } else { Who::Api(token) };
+                let who = if route.kind == Kind::Page {
+                    Who::Page(browser)
+                } else {
+                    Who::Api(token)
+                };
                 // (organization in the path, organization whose objects are named, expected)
                 for case in ["own", "other", "cross"] {
-                    if case == "cross" && !route.path.contains("/{sender}") && !route.path.contains("{dest}") && !route.path.contains("{user}") && !route.path.contains("{token}") {
+                    if case == "cross"
+                        && !route.path.contains("/{sender}")
+                        && !route.path.contains("{dest}")
+                        && !route.path.contains("{user}")
+                        && !route.path.contains("{token}")
+                    {
                         continue;
                     }
                     n += 1;
@@ -180,7 +299,9 @@ async fn every_route_every_role_every_tenant() {
                     let ob = objects(&app, &b, &owner_b, n).await;
                     let loner = app.state.db.clone();
                     let loner_email = format!("loner-{n}@example.org");
-                    strata_relay::store::accounts::create_user(&loner, &loner_email, "!").await.unwrap();
+                    strata_relay::store::accounts::create_user(&loner, &loner_email, "!")
+                        .await
+                        .unwrap();
                     let (org, objs) = match case {
                         "own" => (&a, &oa),
                         "other" => (&b, &ob),
@@ -190,25 +311,47 @@ async fn every_route_every_role_every_tenant() {
                     let body = fill(route.body, org, objs, &loner_email);
                     let before = fingerprint(&app).await;
                     let req = request(&route, &who, &path, &body);
-                    let status = if route.sse { app.status(req).await } else { app.send(req).await.0 };
-                    let what = format!("[{}] {} {} as {role} ({case})", app.label, route.method, route.path);
+                    let status = if route.sse {
+                        app.status(req).await
+                    } else {
+                        app.send(req).await.0
+                    };
+                    let what = format!(
+                        "[{}] {} {} as {role} ({case})",
+                        app.label, route.method, route.path
+                    );
                     match case {
                         "own" if *role >= route.min => {
-                            assert!(status.is_success() || status.is_redirection(), "{what}: expected success, got {status}");
+                            assert!(
+                                status.is_success() || status.is_redirection(),
+                                "{what}: expected success, got {status}"
+                            );
                         }
                         "own" => {
                             assert_eq!(status, StatusCode::FORBIDDEN, "{what}");
-                            assert_eq!(before, fingerprint(&app).await, "{what}: a refused request wrote");
+                            assert_eq!(
+                                before,
+                                fingerprint(&app).await,
+                                "{what}: a refused request wrote"
+                            );
                         }
                         // Another organization's object under one's own: the role
                         // check may come first (403), else it is not found (404).
                         "cross" if *role < route.min => {
                             assert_eq!(status, StatusCode::FORBIDDEN, "{what}");
-                            assert_eq!(before, fingerprint(&app).await, "{what}: a refused request wrote");
+                            assert_eq!(
+                                before,
+                                fingerprint(&app).await,
+                                "{what}: a refused request wrote"
+                            );
                         }
                         _ => {
                             assert_eq!(status, StatusCode::NOT_FOUND, "{what}");
-                            assert_eq!(before, fingerprint(&app).await, "{what}: a cross-tenant request wrote");
+                            assert_eq!(
+                                before,
+                                fingerprint(&app).await,
+                                "{what}: a cross-tenant request wrote"
+                            );
                         }
                     }
                     checked += 1;
@@ -219,9 +362,17 @@ async fn every_route_every_role_every_tenant() {
             let oa = objects(&app, &a, &owner_a, n).await;
             let path = fill(route.path, &a, &oa, "nobody@example.org");
             let before = fingerprint(&app).await;
-            let req = request(&route, &Who::Nobody, &path, &fill(route.body, &a, &oa, "nobody@example.org"));
+            let req = request(
+                &route,
+                &Who::Nobody,
+                &path,
+                &fill(route.body, &a, &oa, "nobody@example.org"),
+            );
             let status = app.status(req).await;
-            let what = format!("[{}] {} {} unauthenticated", app.label, route.method, route.path);
+            let what = format!(
+                "[{}] {} {} unauthenticated",
+                app.label, route.method, route.path
+            );
             match (route.kind, route.method) {
                 (Kind::Api, _) => assert_eq!(status, StatusCode::UNAUTHORIZED, "{what}"),
                 // A state-changing page request without a session fails the CSRF check first.

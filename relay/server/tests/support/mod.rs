@@ -29,17 +29,30 @@ pub struct TestDb {
 pub async fn test_databases() -> Vec<TestDb> {
     let mut out = Vec::new();
     let dir = tempfile::tempdir().unwrap();
-    out.push(TestDb { label: "sqlite", url: format!("sqlite://{}/strata.db", dir.path().display()), dir });
+    out.push(TestDb {
+        label: "sqlite",
+        url: format!("sqlite://{}/strata.db", dir.path().display()),
+        dir,
+    });
     match std::env::var("STRATA_TEST_PG_URL") {
         Ok(admin) => {
             let name = format!("strata_t_{}", strata_relay::new_id());
-            let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect to the test PostgreSQL");
-            sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
+            let mut conn = sqlx::PgConnection::connect(&admin)
+                .await
+                .expect("connect to the test PostgreSQL");
+            sqlx::query(&format!("CREATE DATABASE {name}"))
+                .execute(&mut conn)
+                .await
+                .unwrap();
             let url = match admin.rfind('/') {
                 Some(i) => format!("{}/{name}", &admin[..i]),
                 None => panic!("STRATA_TEST_PG_URL needs a database path"),
             };
-            out.push(TestDb { label: "postgres", url, dir: tempfile::tempdir().unwrap() });
+            out.push(TestDb {
+                label: "postgres",
+                url,
+                dir: tempfile::tempdir().unwrap(),
+            });
         }
         Err(_) if std::env::var("STRATA_TEST_REQUIRE_PG").is_ok() => {
             panic!("STRATA_TEST_REQUIRE_PG is set but STRATA_TEST_PG_URL is not")
@@ -67,10 +80,18 @@ impl TestApp {
 
     /// Builds the app with a config tweak.
     pub async fn with(db: &TestDb, tweak: impl FnOnce(&mut Config)) -> TestApp {
-        let mut config = Config { data_dir: db.dir.path().join("data"), database_url: db.url.clone(), ..Config::default() };
+        let mut config = Config {
+            data_dir: db.dir.path().join("data"),
+            database_url: db.url.clone(),
+            ..Config::default()
+        };
         tweak(&mut config);
         let (state, _) = web::state(config).await.expect("state");
-        TestApp { label: db.label, router: web::router(state.clone()), state }
+        TestApp {
+            label: db.label,
+            router: web::router(state.clone()),
+            state,
+        }
     }
 
     /// Sends a request; returns status, headers and body (not for SSE).
@@ -94,20 +115,30 @@ impl TestApp {
 
     /// Creates a user (password hash not usable for login) with a role in an organization.
     pub async fn member(&self, org: &Org, email: &str, role: Role) -> User {
-        let user = accounts::create_user(&self.state.db, email, "!").await.unwrap();
-        accounts::add_member(&self.state.db, &org.id, &user.id, role).await.unwrap();
+        let user = accounts::create_user(&self.state.db, email, "!")
+            .await
+            .unwrap();
+        accounts::add_member(&self.state.db, &org.id, &user.id, role)
+            .await
+            .unwrap();
         user
     }
 
     /// A logged-in browser for a user.
     pub async fn browser(&self, user: &User) -> Browser {
         let session = sessions::create(&self.state.db, &user.id, 1).await.unwrap();
-        Browser { csrf: self.state.csrf.token("s", &session), session }
+        Browser {
+            csrf: self.state.csrf.token("s", &session),
+            session,
+        }
     }
 
     /// An API token for a member.
     pub async fn token(&self, org: &Org, user: &User, role: Role) -> String {
-        tokens::create(&self.state.db, &org.id, &user.id, "test", role).await.unwrap().1
+        tokens::create(&self.state.db, &org.id, &user.id, "test", role)
+            .await
+            .unwrap()
+            .1
     }
 }
 
@@ -123,19 +154,32 @@ pub struct Browser {
 impl Browser {
     /// A GET with the session cookie.
     pub fn get(&self, path: &str) -> Request<Body> {
-        Request::get(path).header(header::COOKIE, format!("__Host-strata_session={}", self.session)).body(Body::empty()).unwrap()
+        Request::get(path)
+            .header(
+                header::COOKIE,
+                format!("__Host-strata_session={}", self.session),
+            )
+            .body(Body::empty())
+            .unwrap()
     }
 
     /// A form POST with the session cookie and the CSRF field.
     pub fn post(&self, path: &str, form: &str) -> Request<Body> {
-        let body = if form.is_empty() { format!("_csrf={}", self.csrf) } else { format!("{form}&_csrf={}", self.csrf) };
+        let body = if form.is_empty() {
+            format!("_csrf={}", self.csrf)
+        } else {
+            format!("{form}&_csrf={}", self.csrf)
+        };
         self.post_raw(path, body)
     }
 
     /// A form POST with exactly this body (no CSRF field added).
     pub fn post_raw(&self, path: &str, body: String) -> Request<Body> {
         Request::post(path)
-            .header(header::COOKIE, format!("__Host-strata_session={}", self.session))
+            .header(
+                header::COOKIE,
+                format!("__Host-strata_session={}", self.session),
+            )
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
             .body(Body::from(body))
             .unwrap()
@@ -144,9 +188,15 @@ impl Browser {
 
 /// An API request with a bearer token and an optional JSON body.
 pub fn api(method: &str, path: &str, token: &str, json: Option<&str>) -> Request<Body> {
-    let b = Request::builder().method(method).uri(path).header(header::AUTHORIZATION, format!("Bearer {token}"));
+    let b = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::AUTHORIZATION, format!("Bearer {token}"));
     match json {
-        Some(j) => b.header(header::CONTENT_TYPE, "application/json").body(Body::from(j.to_string())).unwrap(),
+        Some(j) => b
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(j.to_string()))
+            .unwrap(),
         None => b.body(Body::empty()).unwrap(),
     }
 }
