@@ -109,15 +109,35 @@ pub async fn identify(db: &Db, secret: &str) -> sqlx::Result<Option<TokenIdentit
     if !secret.starts_with(PREFIX) {
         return Ok(None);
     }
-    let row: Option<(String, String, String, String, String, Option<i64>, String)> = sqlx::query_as(
-        "SELECT t.id, t.org_id, t.user_id, t.role, m.role, t.last_used_at, u.email FROM api_tokens t \
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        token_id: String,
+        org_id: String,
+        user_id: String,
+        token_role: String,
+        member_role: String,
+        last_used: Option<i64>,
+        email: String,
+    }
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT t.id AS token_id, t.org_id, t.user_id, t.role AS token_role, m.role AS member_role, \
+         t.last_used_at AS last_used, u.email FROM api_tokens t \
          JOIN memberships m ON m.org_id = t.org_id AND m.user_id = t.user_id \
          JOIN users u ON u.id = t.user_id WHERE t.token_hash = $1",
     )
     .bind(token_hash(secret))
     .fetch_optional(db)
     .await?;
-    let Some((token_id, org_id, user_id, token_role, member_role, last_used, email)) = row else {
+    let Some(Row {
+        token_id,
+        org_id,
+        user_id,
+        token_role,
+        member_role,
+        last_used,
+        email,
+    }) = row
+    else {
         return Ok(None);
     };
     let (Some(a), Some(b)) = (Role::parse(&token_role), Role::parse(&member_role)) else {

@@ -78,7 +78,7 @@ pub fn router(state: AppState) -> Router {
         .route("/o/{org}/senders/{id}", get(pages_senders::detail))
         .route(
             "/o/{org}/senders/{id}/settings",
-            post(pages_senders::save_settings),
+            get(pages_senders::settings_redirect).post(pages_senders::save_settings),
         )
         .route("/o/{org}/senders/{id}/live", get(live::sender_detail))
         .route(
@@ -110,6 +110,10 @@ pub fn router(state: AppState) -> Router {
         .merge(pages)
         .merge(api::router())
         .route("/static/{file}", get(assets::serve))
+        .route(
+            "/favicon.ico",
+            get(|| async { axum::http::StatusCode::NO_CONTENT }),
+        )
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::scrape))
         .fallback(|| async { AppError::NotFound })

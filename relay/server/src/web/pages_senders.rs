@@ -217,6 +217,11 @@ pub async fn detail(
     Ok(Html(page.render()?).into_response())
 }
 
+/// GET /o/{org}/senders/{id}/settings: a reload of a refused form goes back to the sender.
+pub async fn settings_redirect(Path((org, id)): Path<(String, String)>) -> Redirect {
+    Redirect::to(&format!("/o/{org}/senders/{id}"))
+}
+
 /// The encoder settings form.
 #[derive(Deserialize)]
 pub struct SettingsForm {
