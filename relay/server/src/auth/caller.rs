@@ -10,8 +10,10 @@ use axum::extract::{FromRequestParts, Path};
 use axum::http::request::Parts;
 use axum_extra::extract::CookieJar;
 
-use crate::store::accounts::{self, Org, Role, User};
-use crate::store::{sessions, tokens};
+use std::sync::Arc;
+
+use super::SessionEntry;
+use crate::store::accounts::{Org, Role, User};
 use crate::web::{ApiError, AppError, AppState};
 
 /// Name of the session cookie. `__Host-` makes browsers insist on Secure,
@@ -25,6 +27,8 @@ pub struct SessionUser {
     pub user: User,
     /// The session cookie's value (CSRF tokens derive from it).
     pub session: String,
+    /// The user's organizations and roles.
+    pub entry: Arc<SessionEntry>,
 }
 
 impl FromRequestParts<AppState> for SessionUser {
@@ -36,8 +40,8 @@ impl FromRequestParts<AppState> for SessionUser {
             return Err(AppError::LoginRequired);
         };
         let session = cookie.value().to_string();
-        match sessions::user(&state.db, &session).await? {
-            Some(user) => Ok(SessionUser { user, session }),
+        match state.auth.session(&state.db, &session).await? {
+            Some(entry) => Ok(SessionUser { user: entry.user.clone(), session, entry }),
             None => Err(AppError::LoginRequired),
         }
     }
@@ -54,6 +58,8 @@ pub struct Caller {
     pub role: Role,
     /// The session cookie, for page callers.
     pub session: Option<String>,
+    /// Every organization of a page caller (for the switcher); empty for the API.
+    pub orgs: Vec<Org>,
 }
 
 impl Caller {
@@ -81,10 +87,15 @@ impl FromRequestParts<AppState> for Caller {
         let org_id = org_param(parts, state).await.ok_or(AppError::NotFound)?;
         let su = SessionUser::from_request_parts(parts, state).await?;
         // Not a member and no such organization look the same: 404.
-        let (org, role) = accounts::role_in(&state.db, &org_id, &su.user.id)
-            .await?
+        let (org, role) = su
+            .entry
+            .memberships
+            .iter()
+            .find(|(o, _)| o.id == org_id)
+            .cloned()
             .ok_or(AppError::NotFound)?;
         Ok(Caller {
+            orgs: su.entry.memberships.iter().map(|(o, _)| o.clone()).collect(),
             user: su.user,
             org,
             role,
@@ -110,7 +121,9 @@ impl FromRequestParts<AppState> for ApiCaller {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or(ApiError(AppError::TokenRequired))?;
-        let id = tokens::identify(&state.db, secret.trim())
+        let id = state
+            .auth
+            .token(&state.db, secret.trim())
             .await
             .map_err(AppError::from)?;
         let Some(id) = id else {
@@ -119,18 +132,18 @@ impl FromRequestParts<AppState> for ApiCaller {
         if id.org_id != org_id {
             return Err(ApiError(AppError::NotFound));
         }
-        let (org, _) = accounts::role_in(&state.db, &org_id, &id.user_id)
-            .await
-            .map_err(AppError::from)?
-            .ok_or(ApiError(AppError::TokenRequired))?;
         Ok(ApiCaller(Caller {
             user: User {
-                id: id.user_id,
-                email: id.email,
+                id: id.user_id.clone(),
+                email: id.email.clone(),
             },
-            org,
+            org: Org {
+                id: id.org_id.clone(),
+                name: id.org_name.clone(),
+            },
             role: id.role,
             session: None,
+            orgs: Vec::new(),
         }))
     }
 }

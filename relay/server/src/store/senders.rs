@@ -190,14 +190,25 @@ pub async fn create(
     Ok(id)
 }
 
-/// The organization's senders, by name.
-pub async fn list(db: &Db, org_id: &str) -> sqlx::Result<Vec<SenderRow>> {
+/// A page of the organization's senders, by name.
+pub async fn list(db: &Db, org_id: &str, limit: i64, offset: i64) -> sqlx::Result<Vec<SenderRow>> {
     sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM senders WHERE org_id = $1 ORDER BY name, id"
+        "SELECT {COLUMNS} FROM senders WHERE org_id = $1 ORDER BY name, id LIMIT $2 OFFSET $3"
     ))
     .bind(org_id)
+    .bind(limit)
+    .bind(offset)
     .fetch_all(db)
     .await
+}
+
+/// How many senders the organization has.
+pub async fn count(db: &Db, org_id: &str) -> sqlx::Result<i64> {
+    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM senders WHERE org_id = $1")
+        .bind(org_id)
+        .fetch_one(db)
+        .await?;
+    Ok(n)
 }
 
 /// One of the organization's senders.

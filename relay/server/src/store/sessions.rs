@@ -20,16 +20,17 @@ pub async fn create(db: &Db, user_id: &str, hours: u32) -> sqlx::Result<String> 
     Ok(token)
 }
 
-/// The user a live session belongs to.
-pub async fn user(db: &Db, token: &str) -> sqlx::Result<Option<User>> {
-    sqlx::query_as(
-        "SELECT u.id, u.email FROM sessions s JOIN users u ON u.id = s.user_id \
+/// The user a live session belongs to, and when the session expires.
+pub async fn user(db: &Db, token: &str) -> sqlx::Result<Option<(User, i64)>> {
+    let row: Option<(String, String, i64)> = sqlx::query_as(
+        "SELECT u.id, u.email, s.expires_at FROM sessions s JOIN users u ON u.id = s.user_id \
          WHERE s.token_hash = $1 AND s.expires_at > $2",
     )
     .bind(token_hash(token))
     .bind(now_ms())
     .fetch_optional(db)
-    .await
+    .await?;
+    Ok(row.map(|(id, email, exp)| (User { id, email }, exp)))
 }
 
 /// Ends a session.

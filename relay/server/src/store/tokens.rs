@@ -39,6 +39,8 @@ pub struct TokenIdentity {
     pub user_id: String,
     /// That user's email.
     pub email: String,
+    /// The organization's name.
+    pub org_name: String,
     /// The lower of the token's role and the user's current role.
     pub role: Role,
 }
@@ -118,12 +120,14 @@ pub async fn identify(db: &Db, secret: &str) -> sqlx::Result<Option<TokenIdentit
         member_role: String,
         last_used: Option<i64>,
         email: String,
+        org_name: String,
     }
     let row: Option<Row> = sqlx::query_as(
         "SELECT t.id AS token_id, t.org_id, t.user_id, t.role AS token_role, m.role AS member_role, \
-         t.last_used_at AS last_used, u.email FROM api_tokens t \
+         t.last_used_at AS last_used, u.email, o.name AS org_name FROM api_tokens t \
          JOIN memberships m ON m.org_id = t.org_id AND m.user_id = t.user_id \
-         JOIN users u ON u.id = t.user_id WHERE t.token_hash = $1",
+         JOIN users u ON u.id = t.user_id JOIN organizations o ON o.id = t.org_id \
+         WHERE t.token_hash = $1",
     )
     .bind(token_hash(secret))
     .fetch_optional(db)
@@ -136,6 +140,7 @@ pub async fn identify(db: &Db, secret: &str) -> sqlx::Result<Option<TokenIdentit
         member_role,
         last_used,
         email,
+        org_name,
     }) = row
     else {
         return Ok(None);
@@ -157,6 +162,7 @@ pub async fn identify(db: &Db, secret: &str) -> sqlx::Result<Option<TokenIdentit
         org_id,
         user_id,
         email,
+        org_name,
         role: a.min(b),
     }))
 }

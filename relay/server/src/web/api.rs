@@ -89,13 +89,25 @@ impl From<SenderRow> for ApiSender {
     }
 }
 
-#[utoipa::path(get, path = "/api/v1/o/{org}/senders", params(("org" = String, Path)), responses((status = 200, body = [ApiSender])), security(("bearer" = [])))]
+/// Paging of list endpoints.
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct ListQuery {
+    /// At most this many items (default 100, at most 500).
+    limit: Option<i64>,
+    /// Skip this many items.
+    offset: Option<i64>,
+}
+
+#[utoipa::path(get, path = "/api/v1/o/{org}/senders", params(("org" = String, Path), ListQuery), responses((status = 200, body = [ApiSender])), security(("bearer" = [])))]
 async fn list_senders(
     State(state): State<AppState>,
     ApiCaller(c): ApiCaller,
+    Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Vec<ApiSender>>> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 500);
+    let offset = q.offset.unwrap_or(0).max(0);
     Ok(Json(
-        senders::list(&state.db, &c.org.id)
+        senders::list(&state.db, &c.org.id, limit, offset)
             .await?
             .into_iter()
             .map(ApiSender::from)
@@ -264,6 +276,7 @@ async fn add_member(
         return Err(AppError::Conflict("already a member".into()).into());
     }
     accounts::add_member(&state.db, &c.org.id, &user.id, m.role).await?;
+    state.auth.forget_all();
     Ok(StatusCode::CREATED)
 }
 
@@ -295,6 +308,7 @@ async fn set_member_role(
     accounts::change_member(&state.db, &c.org.id, &user, Some(r.role))
         .await
         .map_err(member_error)?;
+    state.auth.forget_all();
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -309,6 +323,7 @@ async fn remove_member(
     accounts::change_member(&state.db, &c.org.id, &user, None)
         .await
         .map_err(member_error)?;
+    state.auth.forget_all();
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -367,6 +382,7 @@ async fn revoke_token(
     let id = ids.1;
     c.require(Role::Owner)?;
     if tokens::revoke(&state.db, &c.org.id, &id).await? {
+        state.auth.forget_all();
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(AppError::NotFound.into())

@@ -3,7 +3,7 @@
 
 use super::{AppError, AppState};
 use crate::auth::Caller;
-use crate::store::accounts::{self, Org, Role};
+use crate::store::accounts::{Org, Role};
 
 /// The page frame's data.
 pub struct Nav {
@@ -34,12 +34,8 @@ impl Nav {
 }
 
 /// Builds the frame for a page caller.
-pub async fn nav(state: &AppState, caller: &Caller, active: &'static str) -> Result<Nav, AppError> {
-    let orgs = accounts::memberships_of(&state.db, &caller.user.id)
-        .await?
-        .into_iter()
-        .map(|(o, _)| o)
-        .collect();
+pub fn nav(state: &AppState, caller: &Caller, active: &'static str) -> Result<Nav, AppError> {
+    let orgs = caller.orgs.clone();
     let session = caller.session.as_deref().ok_or(AppError::LoginRequired)?;
     Ok(Nav {
         email: caller.user.email.clone(),

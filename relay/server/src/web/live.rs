@@ -6,11 +6,13 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use askama::Template;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 
-use super::pages_senders::{ChartFragment, RowsFragment, SenderView, StatusFragment};
+use super::pages_senders::{
+    ChartFragment, PageQuery, RowsFragment, SenderView, StatusFragment, page_rows,
+};
 use super::{AppError, AppState};
 use crate::auth::Caller;
 use crate::now_ms;
@@ -28,16 +30,10 @@ async fn still_member(state: &AppState, caller: &Caller) -> bool {
     )
 }
 
-async fn rows_event(state: &AppState, org: &str) -> Result<Event, AppError> {
-    let now = now_ms();
-    let senders = senders::list(&state.db, org)
-        .await?
-        .iter()
-        .map(|s| SenderView::of(s, now))
-        .collect();
+async fn rows_event(state: &AppState, org: &str, page: i64) -> Result<Event, AppError> {
     let html = RowsFragment {
         org: org.to_string(),
-        senders,
+        senders: page_rows(state, org, page).await?,
     }
     .render()?;
     Ok(Event::default().event("senders").data(html))
@@ -47,13 +43,15 @@ async fn rows_event(state: &AppState, org: &str) -> Result<Event, AppError> {
 pub async fn senders_rows(
     State(state): State<AppState>,
     caller: Caller,
+    Query(q): Query<PageQuery>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let stream = futures_util::stream::unfold((state, caller), |(state, caller)| async move {
+    let page = q.page();
+    let stream = futures_util::stream::unfold((state, caller), move |(state, caller)| async move {
         tokio::time::sleep(LIST_EVERY).await;
         if !still_member(&state, &caller).await {
             return None;
         }
-        let ev = rows_event(&state, &caller.org.id).await.ok()?;
+        let ev = rows_event(&state, &caller.org.id, page).await.ok()?;
         Some((Ok(ev), (state, caller)))
     });
     Sse::new(stream).keep_alive(KeepAlive::default())

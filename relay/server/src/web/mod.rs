@@ -26,7 +26,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 pub use error::{ApiError, ApiJson, AppError, Form};
 pub use serve::{serve, state};
 
-use crate::auth::{Csrf, LoginLimiter, csrf_guard};
+use crate::auth::{AuthCache, Csrf, LoginLimiter, csrf_guard};
 use crate::config::Config;
 use crate::db::Db;
 use crate::secrets::SecretBox;
@@ -44,6 +44,8 @@ pub struct Relay {
     pub csrf: Csrf,
     /// Login rate limit.
     pub limiter: LoginLimiter,
+    /// Who sessions and tokens are, for a few seconds.
+    pub auth: AuthCache,
     /// Prometheus counters.
     pub metrics: metrics::Metrics,
     /// The configuration it started with.

@@ -176,6 +176,7 @@ pub async fn login(
 pub async fn logout(State(state): State<AppState>, jar: CookieJar) -> Result<Response, AppError> {
     if let Some(c) = jar.get(SESSION_COOKIE) {
         sessions::delete(&state.db, c.value()).await?;
+        state.auth.forget_session(c.value());
     }
     let jar = jar.remove(Cookie::build(SESSION_COOKIE).path("/"));
     Ok((jar, Redirect::to("/login")).into_response())
@@ -383,6 +384,7 @@ pub async fn change_password(
     };
     accounts::set_password(&state.db, &su.user.id, &new_hash).await?;
     sessions::delete_all_of(&state.db, &su.user.id).await?;
+    state.auth.forget_all();
     let token = sessions::create(&state.db, &su.user.id, state.config.session_hours).await?;
     let csrf = state.csrf.token("s", &token);
     let jar = jar.add(cookie(SESSION_COOKIE, token));

@@ -40,7 +40,7 @@ async fn destinations_page(
     error: &str,
 ) -> Result<DestinationsPage, AppError> {
     Ok(DestinationsPage {
-        nav: nav(state, caller, "destinations").await?,
+        nav: nav(state, caller, "destinations")?,
         destinations: destinations::list(&state.db, &caller.org.id).await?,
         form_name: form.map(|f| f.name.clone()).unwrap_or_default(),
         form_kind: form
@@ -182,7 +182,7 @@ pub async fn streams(State(state): State<AppState>, caller: Caller) -> Result<Re
         })
         .collect();
     let page = StreamsPage {
-        nav: nav(&state, &caller, "streams").await?,
+        nav: nav(&state, &caller, "streams")?,
         streams,
     };
     Ok(Html(page.render()?).into_response())
@@ -208,7 +208,7 @@ async fn members_page(
     created: Option<(String, String)>,
 ) -> Result<MembersPage, AppError> {
     Ok(MembersPage {
-        nav: nav(state, caller, "members").await?,
+        nav: nav(state, caller, "members")?,
         members: accounts::members(&state.db, &caller.org.id).await?,
         roles: Role::ALL,
         error: error.into(),
@@ -269,6 +269,7 @@ pub async fn add_member(
         return Ok((StatusCode::CONFLICT, Html(page.render()?)).into_response());
     }
     accounts::add_member(&state.db, &caller.org.id, &user.id, role).await?;
+    state.auth.forget_all();
     tracing::info!(org = %caller.org.id, member = %email, %role, by = %caller.user.email, "member added");
     let page = members_page(&state, &caller, "", created).await?;
     Ok(Html(page.render()?).into_response())
@@ -292,7 +293,9 @@ pub async fn change_member(
         "remove" => None,
         r => Some(Role::parse(r).ok_or_else(|| AppError::BadRequest("unknown role".into()))?),
     };
-    match accounts::change_member(&state.db, &caller.org.id, &user, role).await {
+    let result = accounts::change_member(&state.db, &caller.org.id, &user, role).await;
+    state.auth.forget_all();
+    match result {
         Ok(()) => Ok(see_other(format!("/o/{}/members", caller.org.id))),
         Err(MemberChangeError::NotFound) => Err(AppError::NotFound),
         Err(MemberChangeError::LastOwner) => {
@@ -346,7 +349,7 @@ async fn tokens_page(
         })
         .collect();
     Ok(TokensPage {
-        nav: nav(state, caller, "tokens").await?,
+        nav: nav(state, caller, "tokens")?,
         tokens,
         roles: Role::ALL,
         created,
@@ -419,5 +422,6 @@ pub async fn revoke_token(
     if !tokens::revoke(&state.db, &caller.org.id, &id).await? {
         return Err(AppError::NotFound);
     }
+    state.auth.forget_all();
     Ok(see_other(format!("/o/{}/tokens", caller.org.id)))
 }

@@ -67,6 +67,38 @@ struct ListPage {
     nav: Nav,
     org: String,
     senders: Vec<SenderView>,
+    /// 1-based page shown.
+    page: i64,
+    /// Number of pages.
+    pages: i64,
+    /// Senders in the organization.
+    total: i64,
+}
+
+/// Senders per page of the list.
+pub const PAGE_SIZE: i64 = 50;
+
+/// Query of the sender list: `?page=N` (1-based).
+#[derive(Deserialize)]
+pub struct PageQuery {
+    page: Option<u32>,
+}
+
+impl PageQuery {
+    /// The 1-based page asked for.
+    pub fn page(&self) -> i64 {
+        i64::from(self.page.unwrap_or(1).max(1))
+    }
+}
+
+/// One page of the organization's senders as rows.
+pub async fn page_rows(state: &AppState, org: &str, page: i64) -> Result<Vec<SenderView>, AppError> {
+    let now = now_ms();
+    Ok(senders::list(&state.db, org, PAGE_SIZE, (page - 1) * PAGE_SIZE)
+        .await?
+        .iter()
+        .map(|s| SenderView::of(s, now))
+        .collect())
 }
 
 /// The rows fragment the list page's live stream swaps in.
@@ -80,17 +112,21 @@ pub struct RowsFragment {
 }
 
 /// GET /o/{org}/senders
-pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Response, AppError> {
-    let now = now_ms();
-    let senders = senders::list(&state.db, &caller.org.id)
-        .await?
-        .iter()
-        .map(|s| SenderView::of(s, now))
-        .collect();
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<PageQuery>,
+) -> Result<Response, AppError> {
+    let total = senders::count(&state.db, &caller.org.id).await?;
+    let pages = ((total + PAGE_SIZE - 1) / PAGE_SIZE).max(1);
+    let page_no = q.page().min(pages);
     let page = ListPage {
-        nav: nav(&state, &caller, "senders").await?,
+        nav: nav(&state, &caller, "senders")?,
         org: caller.org.id.clone(),
-        senders,
+        senders: page_rows(&state, &caller.org.id, page_no).await?,
+        page: page_no,
+        pages,
+        total,
     };
     Ok(Html(page.render()?).into_response())
 }
@@ -183,7 +219,7 @@ async fn detail_page(
         )
     }));
     Ok(DetailPage {
-        nav: nav(state, caller, "senders").await?,
+        nav: nav(state, caller, "senders")?,
         status: StatusFragment {
             sender: SenderView::of(&sender, now_ms()),
         },

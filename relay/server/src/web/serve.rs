@@ -9,7 +9,7 @@ use anyhow::Context;
 use axum_server::tls_rustls::RustlsConfig;
 
 use super::{AppState, Relay, metrics::Metrics, router};
-use crate::auth::{Csrf, LoginLimiter};
+use crate::auth::{AuthCache, Csrf, LoginLimiter};
 use crate::config::Config;
 use crate::datadir::DataDir;
 use crate::secrets::SecretBox;
@@ -24,6 +24,7 @@ pub async fn state(config: Config) -> anyhow::Result<(AppState, DataDir)> {
         sbox: SecretBox::new(&dir.secrets_key),
         csrf: Csrf::new(dir.session_key),
         limiter: LoginLimiter::new(config.login_attempts_per_minute),
+        auth: AuthCache::default(),
         metrics: Metrics::default(),
         data_dir: dir.path.clone(),
         config,
