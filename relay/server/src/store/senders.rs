@@ -309,6 +309,32 @@ pub async fn telemetry_since(
     Ok(rows)
 }
 
+/// The sender's samples newer than `since_ms` averaged per link over
+/// `bucket_ms` (loss: the worst in the bucket), oldest first, for charts:
+/// a few hundred points instead of every sample.
+pub async fn telemetry_buckets(
+    db: &Db,
+    org_id: &str,
+    sender_id: &str,
+    since_ms: i64,
+    bucket_ms: i64,
+) -> sqlx::Result<Vec<LinkSample>> {
+    let bucket_ms = bucket_ms.max(1);
+    sqlx::query_as(
+        "SELECT (t.ts / $4) * $4 AS ts, t.link, CAST(AVG(t.kbps) AS BIGINT) AS kbps, \
+         CAST(AVG(t.rtt_ms) AS BIGINT) AS rtt_ms, MAX(t.loss_permille) AS loss_permille \
+         FROM telemetry t JOIN senders s ON s.id = t.sender_id \
+         WHERE s.org_id = $1 AND t.sender_id = $2 AND t.ts > $3 \
+         GROUP BY t.ts / $4, t.link ORDER BY 1, 2",
+    )
+    .bind(org_id)
+    .bind(sender_id)
+    .bind(since_ms)
+    .bind(bucket_ms)
+    .fetch_all(db)
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

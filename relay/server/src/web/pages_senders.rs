@@ -19,8 +19,8 @@ use crate::store::senders::{
 
 /// Window of the live chart.
 pub const CHART_WINDOW_MS: i64 = 5 * 60_000;
-/// Most samples the chart reads (5 min of 1 Hz samples for 8 links).
-pub const CHART_MAX_SAMPLES: i64 = 2400;
+/// The chart plots one averaged point per link per bucket (150 over the window).
+pub const CHART_BUCKET_MS: i64 = 2_000;
 
 /// A sender as a row of the list.
 pub struct SenderView {
@@ -155,12 +155,12 @@ impl ChartFragment {
         sender: &str,
     ) -> Result<ChartFragment, AppError> {
         let now = now_ms();
-        let samples = senders::telemetry_since(
+        let samples = senders::telemetry_buckets(
             &state.db,
             org,
             sender,
             now - CHART_WINDOW_MS,
-            CHART_MAX_SAMPLES,
+            CHART_BUCKET_MS,
         )
         .await?;
         Ok(ChartFragment {
