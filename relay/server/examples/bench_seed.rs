@@ -12,15 +12,27 @@ use strata_relay::store::{sessions, tokens};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let url = args.next().ok_or_else(|| anyhow::anyhow!("usage: bench_seed DATABASE_URL [SENDERS] [ROWS]"))?;
+    let url = args
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("usage: bench_seed DATABASE_URL [SENDERS] [ROWS]"))?;
     let n_senders: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(1000);
-    let rows: i64 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(10_000);
+    let rows: i64 = args
+        .next()
+        .map(|a| a.parse())
+        .transpose()?
+        .unwrap_or(10_000);
     let db = strata_relay::db::connect(&url).await?;
     let org = accounts::create_org(&db, "Bench").await?;
     let user = accounts::create_user(&db, "bench@example.com", "!").await?;
     accounts::add_member(&db, &org.id, &user.id, Role::Owner).await?;
     let inventory = Inventory {
-        links: (0..3).map(|i| LinkInfo { name: format!("wwan{i}"), kind: "cellular".into(), up: true }).collect(),
+        links: (0..3)
+            .map(|i| LinkInfo {
+                name: format!("wwan{i}"),
+                kind: "cellular".into(),
+                up: true,
+            })
+            .collect(),
         ..Default::default()
     };
     let mut first = String::new();
@@ -39,9 +51,16 @@ async fn main() -> anyhow::Result<()> {
          SELECT s.id, $2 - ((($1 - n.i) / 3) * 1000), 'wwan' || (n.i % 3), 1000 + (n.i * 37) % 2000, 30 + (n.i * 13) % 90, (n.i * 7) % 20 \
          FROM senders s, n WHERE s.org_id = $3"
     );
-    sqlx::query(&sql).bind(rows).bind(now).bind(&org.id).execute(&db).await?;
+    sqlx::query(&sql)
+        .bind(rows)
+        .bind(now)
+        .bind(&org.id)
+        .execute(&db)
+        .await?;
     if url.starts_with("sqlite:") {
-        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&db).await?;
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&db)
+            .await?;
     } else {
         sqlx::query("ANALYZE").execute(&db).await?;
     }

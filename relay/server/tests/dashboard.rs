@@ -565,13 +565,19 @@ async fn api_tokens_are_shown_once_and_stored_hashed() {
         );
         // Through the dashboard: the change must reach the (cached) token at once.
         let members = format!("/o/{}/members/{}", org.id, op.id);
-        assert_eq!(app.send(b.post(&members, "role=viewer")).await.0, StatusCode::SEE_OTHER);
+        assert_eq!(
+            app.send(b.post(&members, "role=viewer")).await.0,
+            StatusCode::SEE_OTHER
+        );
         assert_eq!(
             app.send(api("POST", &dest, &t, Some(body))).await.0,
             StatusCode::FORBIDDEN
         );
         let t2 = app.token(&org, &op, Role::Viewer).await;
-        assert_eq!(app.send(b.post(&members, "role=remove")).await.0, StatusCode::SEE_OTHER);
+        assert_eq!(
+            app.send(b.post(&members, "role=remove")).await.0,
+            StatusCode::SEE_OTHER
+        );
         assert_eq!(
             app.send(api("GET", &path, &t2, None)).await.0,
             StatusCode::UNAUTHORIZED

@@ -41,8 +41,14 @@ pub struct AuthCache {
 impl Default for AuthCache {
     fn default() -> Self {
         AuthCache {
-            sessions: Cache::builder().max_capacity(100_000).time_to_live(TTL).build(),
-            tokens: Cache::builder().max_capacity(100_000).time_to_live(TTL).build(),
+            sessions: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(TTL)
+                .build(),
+            tokens: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(TTL)
+                .build(),
         }
     }
 }
@@ -62,7 +68,11 @@ impl AuthCache {
             return Ok(None);
         };
         let memberships = accounts::memberships_of(db, &user.id).await?;
-        let entry = Arc::new(SessionEntry { user, memberships, expires_at });
+        let entry = Arc::new(SessionEntry {
+            user,
+            memberships,
+            expires_at,
+        });
         self.sessions.insert(key, entry.clone());
         Ok(Some(entry))
     }

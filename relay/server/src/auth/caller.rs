@@ -41,7 +41,11 @@ impl FromRequestParts<AppState> for SessionUser {
         };
         let session = cookie.value().to_string();
         match state.auth.session(&state.db, &session).await? {
-            Some(entry) => Ok(SessionUser { user: entry.user.clone(), session, entry }),
+            Some(entry) => Ok(SessionUser {
+                user: entry.user.clone(),
+                session,
+                entry,
+            }),
             None => Err(AppError::LoginRequired),
         }
     }
@@ -95,7 +99,12 @@ impl FromRequestParts<AppState> for Caller {
             .cloned()
             .ok_or(AppError::NotFound)?;
         Ok(Caller {
-            orgs: su.entry.memberships.iter().map(|(o, _)| o.clone()).collect(),
+            orgs: su
+                .entry
+                .memberships
+                .iter()
+                .map(|(o, _)| o.clone())
+                .collect(),
             user: su.user,
             org,
             role,

@@ -66,12 +66,24 @@ pub fn build(samples: &[LinkSample], now_ms: i64, window_ms: i64) -> Chart {
                 colour: COLOURS[i % COLOURS.len()],
                 kbps_points: pts
                     .iter()
-                    .map(|s| format!("{:.1},{:.1}", x(s.ts), y(s.kbps, max_kbps)))
+                    .map(|s| {
+                        format!(
+                            "{},{}",
+                            x(s.ts).round() as i64,
+                            y(s.kbps, max_kbps).round() as i64
+                        )
+                    })
                     .collect::<Vec<_>>()
                     .join(" "),
                 rtt_points: pts
                     .iter()
-                    .map(|s| format!("{:.1},{:.1}", x(s.ts), y(s.rtt_ms, max_rtt)))
+                    .map(|s| {
+                        format!(
+                            "{},{}",
+                            x(s.ts).round() as i64,
+                            y(s.rtt_ms, max_rtt).round() as i64
+                        )
+                    })
                     .collect::<Vec<_>>()
                     .join(" "),
                 last_kbps: last.kbps,
@@ -129,7 +141,7 @@ mod tests {
         assert_eq!(c.max_kbps, 5000);
         assert_eq!(c.max_rtt, 100);
         assert_eq!(c.series.len(), 2);
-        assert_eq!(c.series[0].kbps_points, "0.0,96.0 600.0,72.0");
+        assert_eq!(c.series[0].kbps_points, "0,96 600,72");
         assert_eq!(c.series[0].last_kbps, 2000);
         assert_ne!(c.series[0].colour, c.series[1].colour);
     }

@@ -30,6 +30,10 @@ use crate::auth::{AuthCache, Csrf, LoginLimiter, csrf_guard};
 use crate::config::Config;
 use crate::db::Db;
 use crate::secrets::SecretBox;
+use crate::store::senders::LinkSample;
+
+/// How old a live chart may be: the pages refresh it every second anyway.
+pub const CHART_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Largest request body any route accepts.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -46,6 +50,8 @@ pub struct Relay {
     pub limiter: LoginLimiter,
     /// Who sessions and tokens are, for a few seconds.
     pub auth: AuthCache,
+    /// Chart data per (organization, sender), for [`CHART_TTL`].
+    pub charts: moka::sync::Cache<(String, String), Arc<Vec<LinkSample>>>,
     /// Prometheus counters.
     pub metrics: metrics::Metrics,
     /// The configuration it started with.

@@ -92,13 +92,19 @@ impl PageQuery {
 }
 
 /// One page of the organization's senders as rows.
-pub async fn page_rows(state: &AppState, org: &str, page: i64) -> Result<Vec<SenderView>, AppError> {
+pub async fn page_rows(
+    state: &AppState,
+    org: &str,
+    page: i64,
+) -> Result<Vec<SenderView>, AppError> {
     let now = now_ms();
-    Ok(senders::list(&state.db, org, PAGE_SIZE, (page - 1) * PAGE_SIZE)
-        .await?
-        .iter()
-        .map(|s| SenderView::of(s, now))
-        .collect())
+    Ok(
+        senders::list(&state.db, org, PAGE_SIZE, (page - 1) * PAGE_SIZE)
+            .await?
+            .iter()
+            .map(|s| SenderView::of(s, now))
+            .collect(),
+    )
 }
 
 /// The rows fragment the list page's live stream swaps in.
@@ -155,14 +161,24 @@ impl ChartFragment {
         sender: &str,
     ) -> Result<ChartFragment, AppError> {
         let now = now_ms();
-        let samples = senders::telemetry_buckets(
-            &state.db,
-            org,
-            sender,
-            now - CHART_WINDOW_MS,
-            CHART_BUCKET_MS,
-        )
-        .await?;
+        // Every viewer of a sender sees the same chart: one query per second serves them all.
+        let key = (org.to_string(), sender.to_string());
+        let samples = match state.charts.get(&key) {
+            Some(samples) => samples,
+            None => {
+                let samples = senders::telemetry_buckets(
+                    &state.db,
+                    org,
+                    sender,
+                    now - CHART_WINDOW_MS,
+                    CHART_BUCKET_MS,
+                )
+                .await?;
+                let samples = std::sync::Arc::new(samples);
+                state.charts.insert(key, samples.clone());
+                samples
+            }
+        };
         Ok(ChartFragment {
             chart: chart::build(&samples, now, CHART_WINDOW_MS),
         })

@@ -25,6 +25,10 @@ pub async fn state(config: Config) -> anyhow::Result<(AppState, DataDir)> {
         csrf: Csrf::new(dir.session_key),
         limiter: LoginLimiter::new(config.login_attempts_per_minute),
         auth: AuthCache::default(),
+        charts: moka::sync::Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(super::CHART_TTL)
+            .build(),
         metrics: Metrics::default(),
         data_dir: dir.path.clone(),
         config,
