@@ -51,7 +51,7 @@ pub struct Relay {
     /// Who sessions and tokens are, for a few seconds.
     pub auth: AuthCache,
     /// Chart data per (organization, sender), for [`CHART_TTL`].
-    pub charts: moka::sync::Cache<(String, String), Arc<Vec<LinkSample>>>,
+    pub charts: moka::future::Cache<(String, String), Arc<Vec<LinkSample>>>,
     /// Prometheus counters.
     pub metrics: metrics::Metrics,
     /// The configuration it started with.

@@ -163,22 +163,22 @@ impl ChartFragment {
         let now = now_ms();
         // Every viewer of a sender sees the same chart: one query per second serves them all.
         let key = (org.to_string(), sender.to_string());
-        let samples = match state.charts.get(&key) {
-            Some(samples) => samples,
-            None => {
-                let samples = senders::telemetry_buckets(
+        // Concurrent misses wait for one query instead of each running it.
+        let samples = state
+            .charts
+            .try_get_with(key, async {
+                senders::telemetry_buckets(
                     &state.db,
                     org,
                     sender,
                     now - CHART_WINDOW_MS,
                     CHART_BUCKET_MS,
                 )
-                .await?;
-                let samples = std::sync::Arc::new(samples);
-                state.charts.insert(key, samples.clone());
-                samples
-            }
-        };
+                .await
+                .map(std::sync::Arc::new)
+            })
+            .await
+            .map_err(|e| AppError::Internal(anyhow::anyhow!("{e}")))?;
         Ok(ChartFragment {
             chart: chart::build(&samples, now, CHART_WINDOW_MS),
         })
