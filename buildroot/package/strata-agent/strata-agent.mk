@@ -15,6 +15,7 @@ STRATA_AGENT_OVERRIDE_SRCDIR_RSYNC_EXCLUSIONS = \
 	--exclude /target --exclude /buildroot/output
 STRATA_AGENT_SUBDIR = firmware/agent
 STRATA_AGENT_LICENSE = MPL-2.0
+STRATA_AGENT_LICENSE_FILES = LICENSE
 
 # host-clang: bindgen generates the librist bindings at build time.
 STRATA_AGENT_DEPENDENCIES = \

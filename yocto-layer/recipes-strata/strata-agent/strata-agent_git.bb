@@ -16,7 +16,7 @@ BUGTRACKER = "https://example.invalid/strata/issues"
 SECTION = "multimedia"
 LICENSE = "MPL-2.0"
 # The repository states its license in the workspace manifest only.
-LIC_FILES_CHKSUM = "file://Cargo.toml;beginline=14;endline=14;md5=1f017ccddfc5436bc0149c4953343f5a"
+LIC_FILES_CHKSUM = "file://LICENSE;md5=815ca599c9df247a0c7f619bab123dad"
 
 # bindgen (librist bindings) needs libclang at build time.
 DEPENDS = "clang-native \
