@@ -58,12 +58,56 @@ pub fn sha(d: &[u8]) -> String {
 
 /// Feeds `data` to the sender at `kbps`, then lets retransmissions finish.
 pub fn feed(sender: &mut BondedSender, data: &[u8], kbps: f64) {
+    feed_part(sender, data, kbps);
+    let mut pacer = Pacer::new(kbps);
+    // RIST sees a loss only when a later packet shows the gap, so a stream
+    // that stops right after a lost packet loses it for good. A live stream
+    // never stops like that; the test stream ends with padding the
+    // comparisons strip ([`strip_padding`]).
+    let pad = padding_datagram();
+    for _ in 0..PADDING_DATAGRAMS {
+        pacer.wait(pad.len());
+        sender.send(&pad).unwrap();
+    }
+    sender.flush().unwrap();
+}
+
+/// Sends part of a stream at `kbps` (the stream goes on: no padding).
+pub fn feed_part(sender: &mut BondedSender, data: &[u8], kbps: f64) {
     let mut pacer = Pacer::new(kbps);
     for chunk in data.chunks(DATAGRAM_PAYLOAD) {
         pacer.wait(chunk.len());
         sender.send(chunk).unwrap();
     }
-    sender.flush().unwrap();
+}
+
+/// Datagrams of padding after each fed stream.
+pub const PADDING_DATAGRAMS: usize = 20;
+/// PID of the padding packets (not the null PID: the test pattern has null packets of its own).
+const PADDING_PID: u16 = 0x1FFE;
+
+fn padding_datagram() -> Vec<u8> {
+    let mut pkt = [0xFFu8; 188];
+    pkt[..4].copy_from_slice(&[
+        0x47,
+        (PADDING_PID >> 8) as u8,
+        (PADDING_PID & 0xFF) as u8,
+        0x10,
+    ]);
+    pkt.repeat(7)
+}
+
+/// The stream without the trailing padding [`feed`] adds.
+pub fn strip_padding(mut ts: &[u8]) -> &[u8] {
+    while ts.len() >= 188 {
+        let p = &ts[ts.len() - 188..];
+        if p[0] == 0x47 && (u16::from(p[1] & 0x1F) << 8 | u16::from(p[2])) == PADDING_PID {
+            ts = &ts[..ts.len() - 188];
+        } else {
+            break;
+        }
+    }
+    ts
 }
 
 /// Reads until nothing arrived for `idle` (after something did) or `limit`.
