@@ -19,11 +19,14 @@ fn encoder() -> EncoderSettings {
     }
 }
 
-fn samples() -> Vec<(&'static str, Vec<u8>, Box<dyn Fn(&[u8]) -> bool>)> {
+/// A sample: its name, its encoding, and a check that bytes decode back to it.
+type Sample = (&'static str, Vec<u8>, Box<dyn Fn(&[u8]) -> bool>);
+
+fn samples() -> Vec<Sample> {
     fn case<T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + 'static>(
         name: &'static str,
         v: T,
-    ) -> (&'static str, Vec<u8>, Box<dyn Fn(&[u8]) -> bool>) {
+    ) -> Sample {
         let bytes = encode(&v);
         (
             name,
