@@ -21,6 +21,7 @@
 //!   PostgreSQL differ (ids are TEXT, times BIGINT milliseconds).
 
 pub mod auth;
+pub mod ca;
 pub mod config;
 pub mod datadir;
 pub mod db;
