@@ -105,6 +105,13 @@ impl DeviceCa {
         &self.ca_pem
     }
 
+    /// Checks that a CSR parses and its signature verifies.
+    pub fn check_csr(&self, csr_pem: &str) -> Result<(), CsrError> {
+        CertificateSigningRequestParams::from_pem(csr_pem)
+            .map(|_| ())
+            .map_err(|e| CsrError::Invalid(e.to_string()))
+    }
+
     /// Signs a device's CSR: subject CN and O = `device_id`, client auth
     /// only, valid for `days`.
     pub fn sign_device(

@@ -29,6 +29,16 @@ pub struct Config {
     pub session_hours: u32,
     /// Login attempts allowed per minute, per client address and per account.
     pub login_attempts_per_minute: u32,
+    /// The URL owners reach the dashboard at (QR codes point here); empty
+    /// means `https://<listen>`.
+    pub public_url: String,
+    /// MQTT broker host devices are told to connect to; empty means the
+    /// host of `public_url`.
+    pub broker_host: String,
+    /// MQTT broker TLS port devices are told to connect to.
+    pub broker_port: u16,
+    /// Lifetime of device certificates, days (renewed over MQTT before expiry).
+    pub device_cert_days: u32,
 }
 
 impl Default for Config {
@@ -42,6 +52,10 @@ impl Default for Config {
             tls_key: None,
             session_hours: 12,
             login_attempts_per_minute: 5,
+            public_url: String::new(),
+            broker_host: String::new(),
+            broker_port: 8883,
+            device_cert_days: 30,
         }
     }
 }
@@ -61,10 +75,33 @@ impl Config {
         if cfg.tls_cert.is_some() != cfg.tls_key.is_some() {
             anyhow::bail!("tls_cert and tls_key go together");
         }
+        if !(1..=397).contains(&cfg.device_cert_days) {
+            anyhow::bail!("device_cert_days must be 1 to 397");
+        }
         if cfg.login_attempts_per_minute == 0 {
             anyhow::bail!("login_attempts_per_minute must be at least 1");
         }
         Ok(cfg)
+    }
+
+    /// The dashboard's public URL, without a trailing slash.
+    pub fn public_url(&self) -> String {
+        if self.public_url.is_empty() {
+            format!("https://{}", self.listen)
+        } else {
+            self.public_url.trim_end_matches('/').to_string()
+        }
+    }
+
+    /// The broker host devices connect to.
+    pub fn broker_host(&self) -> String {
+        if !self.broker_host.is_empty() {
+            return self.broker_host.clone();
+        }
+        url::Url::parse(&self.public_url())
+            .ok()
+            .and_then(|u| u.host_str().map(|h| h.trim_matches(['[', ']']).to_string()))
+            .unwrap_or_else(|| "localhost".into())
     }
 
     /// The database URL, defaulting to SQLite in the data directory.

@@ -4,6 +4,7 @@
 
 pub mod accounts;
 pub mod destinations;
+pub mod enrollments;
 pub mod senders;
 pub mod sessions;
 pub mod streams;

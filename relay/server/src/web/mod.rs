@@ -4,11 +4,13 @@
 pub mod api;
 mod assets;
 mod chart;
+mod enroll;
 mod error;
 mod layout;
 mod live;
 pub mod metrics;
 mod pages_account;
+mod pages_claim;
 mod pages_org;
 mod pages_senders;
 mod serve;
@@ -58,6 +60,12 @@ pub struct Relay {
     pub config: Config,
     /// The data directory.
     pub data_dir: PathBuf,
+    /// Signs device certificates.
+    pub ca: crate::ca::DeviceCa,
+    /// Enrollment requests per client address.
+    pub enroll_limiter: governor::DefaultKeyedRateLimiter<std::net::IpAddr>,
+    /// Claim attempts (user-code guesses) per user.
+    pub claim_limiter: governor::DefaultKeyedRateLimiter<String>,
 }
 
 /// The state axum hands to handlers.
@@ -80,6 +88,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/account",
             get(pages_account::account_page).post(pages_account::change_password),
+        )
+        .route(
+            "/claim",
+            get(pages_claim::claim_page).post(pages_claim::claim),
         )
         .route("/o/{org}/senders", get(pages_senders::list))
         .route("/o/{org}/senders/live", get(live::senders_rows))
@@ -117,6 +129,11 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(pages)
         .merge(api::router())
+        .route(
+            strata_proto::enrollment::AUTHORIZE_PATH,
+            post(enroll::authorize),
+        )
+        .route(strata_proto::enrollment::TOKEN_PATH, post(enroll::token))
         .route("/static/{file}", get(assets::serve))
         .route(
             "/favicon.ico",

@@ -50,6 +50,7 @@ pub(super) fn cookie(name: &'static str, value: String) -> Cookie<'static> {
 #[template(path = "login.html")]
 struct LoginPage {
     csrf: String,
+    next: String,
     email: String,
     error: String,
     registration_open: bool,
@@ -75,10 +76,12 @@ fn login_form(
     status: StatusCode,
     email: String,
     error: &str,
+    next: &str,
 ) -> Result<Response, AppError> {
     let (jar, csrf) = pre_session(state, jar);
     let page = LoginPage {
         csrf,
+        next: safe_next(next).unwrap_or_default().to_string(),
         email,
         error: error.to_string(),
         registration_open: state.config.registration_open,
@@ -90,13 +93,32 @@ fn login_form(
 pub async fn login_page(
     State(state): State<AppState>,
     jar: CookieJar,
+    axum::extract::Query(q): axum::extract::Query<NextQuery>,
 ) -> Result<Response, AppError> {
     if let Some(c) = jar.get(SESSION_COOKIE)
         && sessions::user(&state.db, c.value()).await?.is_some()
     {
-        return Ok(Redirect::to("/").into_response());
+        return Ok(Redirect::to(safe_next(&q.next).unwrap_or("/")).into_response());
     }
-    login_form(&state, jar, StatusCode::OK, String::new(), "")
+    login_form(&state, jar, StatusCode::OK, String::new(), "", &q.next)
+}
+
+/// Where to go after logging in.
+#[derive(Deserialize)]
+pub struct NextQuery {
+    #[serde(default)]
+    next: String,
+}
+
+/// `next` if it is a path on this site (not `//host` or `/\host`, which
+/// browsers treat as another site).
+pub fn safe_next(next: &str) -> Option<&str> {
+    let ok = next.starts_with('/')
+        && !next.starts_with("//")
+        && !next.starts_with("/\\")
+        && next.len() <= 512
+        && !next.chars().any(|c| c.is_control() || c == '\\');
+    ok.then_some(next)
 }
 
 /// The login form.
@@ -104,6 +126,8 @@ pub async fn login_page(
 pub struct LoginForm {
     email: String,
     password: String,
+    #[serde(default)]
+    next: String,
 }
 
 /// A hash verified when the account does not exist, so a wrong email takes
@@ -126,6 +150,7 @@ pub async fn login(
             StatusCode::BAD_REQUEST,
             String::new(),
             "Email or password too long.",
+            &form.next,
         );
     }
     if !state.limiter.attempt(ip, &email) {
@@ -137,9 +162,11 @@ pub async fn login(
             StatusCode::TOO_MANY_REQUESTS,
             email,
             "Too many attempts; wait a minute and try again.",
+            &form.next,
         );
     }
     let found = accounts::user_by_email(&state.db, &email).await?;
+    let next = form.next;
     let password = form.password;
     let (user, ok) = tokio::task::spawn_blocking(move || match found {
         Some((user, hash)) => {
@@ -161,6 +188,7 @@ pub async fn login(
             StatusCode::UNAUTHORIZED,
             email,
             "Wrong email or password.",
+            &next,
         );
     };
     state.metrics.login("ok");
@@ -169,7 +197,7 @@ pub async fn login(
     let jar = jar
         .remove(Cookie::build(PRE_SESSION_COOKIE).path("/"))
         .add(cookie(SESSION_COOKIE, token));
-    Ok((jar, Redirect::to("/")).into_response())
+    Ok((jar, Redirect::to(safe_next(&next).unwrap_or("/"))).into_response())
 }
 
 /// POST /logout
@@ -395,4 +423,27 @@ pub async fn change_password(
         error: String::new(),
     };
     Ok((jar, Html(page.render()?)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::safe_next;
+
+    #[test]
+    fn only_local_paths() {
+        assert_eq!(
+            safe_next("/claim?code=BCDF-GHJK"),
+            Some("/claim?code=BCDF-GHJK")
+        );
+        for bad in [
+            "",
+            "https://evil.example/",
+            "//evil.example",
+            "/\\evil.example",
+            "evil",
+            "/a\nb",
+        ] {
+            assert_eq!(safe_next(bad), None, "{bad:?}");
+        }
+    }
 }

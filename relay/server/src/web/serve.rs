@@ -31,9 +31,16 @@ pub async fn state(config: Config) -> anyhow::Result<(AppState, DataDir)> {
             .build(),
         metrics: Metrics::default(),
         data_dir: dir.path.clone(),
+        ca: crate::ca::DeviceCa::open_or_create(&dir.path.join("ca"))?,
+        enroll_limiter: governor::RateLimiter::keyed(governor::Quota::per_minute(nonzero(20))),
+        claim_limiter: governor::RateLimiter::keyed(governor::Quota::per_minute(nonzero(10))),
         config,
     });
     Ok((state, dir))
+}
+
+fn nonzero(n: u32) -> std::num::NonZeroU32 {
+    std::num::NonZeroU32::new(n).expect("a positive constant")
 }
 
 /// Serves HTTPS until SIGTERM or Ctrl-C, then drains requests for up to 10 s.
