@@ -106,13 +106,8 @@ async fn list_senders(
 ) -> ApiResult<Json<Vec<ApiSender>>> {
     let limit = q.limit.unwrap_or(100).clamp(1, 500);
     let offset = q.offset.unwrap_or(0).max(0);
-    Ok(Json(
-        senders::list(&state.db, &c.org.id, limit, offset)
-            .await?
-            .into_iter()
-            .map(ApiSender::from)
-            .collect(),
-    ))
+    let page = super::pages_senders::sender_page(&state, &c.org.id, limit, offset).await?;
+    Ok(Json(page.0.iter().cloned().map(ApiSender::from).collect()))
 }
 
 #[utoipa::path(get, path = "/api/v1/o/{org}/senders/{id}", params(("org" = String, Path), ("id" = String, Path)), responses((status = 200, body = ApiSender), (status = 404)), security(("bearer" = [])))]
@@ -144,6 +139,7 @@ async fn put_settings(
         .validate(&s.inventory())
         .map_err(AppError::BadRequest)?;
     senders::set_settings(&state.db, &c.org.id, &id, &settings).await?;
+    state.sender_pages.invalidate_all();
     Ok(Json(settings))
 }
 

@@ -33,7 +33,7 @@ async fn still_member(state: &AppState, caller: &Caller) -> bool {
 async fn rows_event(state: &AppState, org: &str, page: i64) -> Result<Event, AppError> {
     let html = RowsFragment {
         org: org.to_string(),
-        senders: page_rows(state, org, page).await?,
+        senders: page_rows(state, org, page).await?.0,
     }
     .render()?;
     Ok(Event::default().event("senders").data(html))

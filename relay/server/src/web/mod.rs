@@ -32,10 +32,13 @@ use crate::auth::{AuthCache, Csrf, LoginLimiter, csrf_guard};
 use crate::config::Config;
 use crate::db::Db;
 use crate::secrets::SecretBox;
-use crate::store::senders::LinkSample;
+use crate::store::senders::{LinkSample, SenderRow};
 
 /// How old a live chart may be: the pages refresh it every second anyway.
 pub const CHART_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How old a page of the sender list may be (online state, last seen).
+pub const LIST_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Largest request body any route accepts.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -52,6 +55,8 @@ pub struct Relay {
     pub limiter: LoginLimiter,
     /// Who sessions and tokens are, for a few seconds.
     pub auth: AuthCache,
+    /// Pages of senders (and the total) per (organization, limit, offset), for [`LIST_TTL`].
+    pub sender_pages: moka::future::Cache<(String, i64, i64), Arc<(Vec<SenderRow>, i64)>>,
     /// Chart data per (organization, sender), for [`CHART_TTL`].
     pub charts: moka::future::Cache<(String, String), Arc<Vec<LinkSample>>>,
     /// Prometheus counters.

@@ -237,6 +237,7 @@ pub async fn claim(
     if !enrollments::approve(&state.db, &e.id, &approval).await? {
         return render(StatusCode::CONFLICT, None, "", NO_SUCH_CODE);
     }
+    state.sender_pages.invalidate_all();
     tracing::info!(org = %org.id, device = %device_id, by = %s.entry.user.email, "device claimed");
     let to = format!("/o/{}/senders/{device_id}", org.id);
     Ok(Redirect::to(&to).into_response())

@@ -91,20 +91,38 @@ impl PageQuery {
     }
 }
 
-/// One page of the organization's senders as rows.
+/// A page of the organization's senders and their total, at most
+/// [`super::LIST_TTL`] old: every viewer of the list in that second shares one
+/// pair of queries. Changes this process makes drop the cache at once.
+pub async fn sender_page(
+    state: &AppState,
+    org: &str,
+    limit: i64,
+    offset: i64,
+) -> Result<std::sync::Arc<(Vec<SenderRow>, i64)>, AppError> {
+    state
+        .sender_pages
+        .try_get_with((org.to_string(), limit, offset), async {
+            let total = senders::count(&state.db, org).await?;
+            let rows = senders::list(&state.db, org, limit, offset).await?;
+            Ok::<_, sqlx::Error>(std::sync::Arc::new((rows, total)))
+        })
+        .await
+        .map_err(|e| AppError::Internal(anyhow::anyhow!("{e}")))
+}
+
+/// One page of the organization's senders as rows, and the total.
 pub async fn page_rows(
     state: &AppState,
     org: &str,
     page: i64,
-) -> Result<Vec<SenderView>, AppError> {
+) -> Result<(Vec<SenderView>, i64), AppError> {
     let now = now_ms();
-    Ok(
-        senders::list(&state.db, org, PAGE_SIZE, (page - 1) * PAGE_SIZE)
-            .await?
-            .iter()
-            .map(|s| SenderView::of(s, now))
-            .collect(),
-    )
+    let cached = sender_page(state, org, PAGE_SIZE, (page - 1) * PAGE_SIZE).await?;
+    Ok((
+        cached.0.iter().map(|s| SenderView::of(s, now)).collect(),
+        cached.1,
+    ))
 }
 
 /// The rows fragment the list page's live stream swaps in.
@@ -123,13 +141,17 @@ pub async fn list(
     caller: Caller,
     Query(q): Query<PageQuery>,
 ) -> Result<Response, AppError> {
-    let total = senders::count(&state.db, &caller.org.id).await?;
+    let (mut rows, mut total) = page_rows(&state, &caller.org.id, q.page()).await?;
     let pages = ((total + PAGE_SIZE - 1) / PAGE_SIZE).max(1);
     let page_no = q.page().min(pages);
+    if page_no != q.page() {
+        // Asked past the end: show the last page.
+        (rows, total) = page_rows(&state, &caller.org.id, page_no).await?;
+    }
     let page = ListPage {
         nav: nav(&state, &caller, "senders")?,
         org: caller.org.id.clone(),
-        senders: page_rows(&state, &caller.org.id, page_no).await?,
+        senders: rows,
         page: page_no,
         pages,
         total,
@@ -316,6 +338,7 @@ pub async fn save_settings(
         return Ok((StatusCode::BAD_REQUEST, Html(page.render()?)).into_response());
     }
     senders::set_settings(&state.db, &caller.org.id, &id, &settings).await?;
+    state.sender_pages.invalidate_all();
     tracing::info!(org = %caller.org.id, sender = %id, user = %caller.user.email, "encoder settings changed");
     Ok(Redirect::to(&format!("/o/{}/senders/{}?saved=1", caller.org.id, id)).into_response())
 }

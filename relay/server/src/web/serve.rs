@@ -25,6 +25,10 @@ pub async fn state(config: Config) -> anyhow::Result<(AppState, DataDir)> {
         csrf: Csrf::new(dir.session_key),
         limiter: LoginLimiter::new(config.login_attempts_per_minute),
         auth: AuthCache::default(),
+        sender_pages: moka::future::Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(super::LIST_TTL)
+            .build(),
         charts: moka::future::Cache::builder()
             .max_capacity(10_000)
             .time_to_live(super::CHART_TTL)
