@@ -4,6 +4,7 @@
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use axum::routing::{get, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -103,11 +104,27 @@ async fn list_senders(
     State(state): State<AppState>,
     ApiCaller(c): ApiCaller,
     Query(q): Query<ListQuery>,
-) -> ApiResult<Json<Vec<ApiSender>>> {
+) -> ApiResult<axum::response::Response> {
     let limit = q.limit.unwrap_or(100).clamp(1, 500);
     let offset = q.offset.unwrap_or(0).max(0);
-    let page = super::pages_senders::sender_page(&state, &c.org.id, limit, offset).await?;
-    Ok(Json(page.0.iter().cloned().map(ApiSender::from).collect()))
+    // The JSON of a page is cached with the page: parsing every sender's
+    // inventory and settings per request would dominate the cost.
+    let body = state
+        .api_sender_pages
+        .try_get_with((c.org.id.clone(), limit, offset), async {
+            let page = super::pages_senders::sender_page(&state, &c.org.id, limit, offset).await?;
+            let senders: Vec<ApiSender> = page.0.iter().cloned().map(ApiSender::from).collect();
+            Ok::<_, AppError>(axum::body::Bytes::from(
+                serde_json::to_vec(&senders).expect("senders serialize"),
+            ))
+        })
+        .await
+        .map_err(|e| AppError::Internal(anyhow::anyhow!("{e}")))?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response())
 }
 
 #[utoipa::path(get, path = "/api/v1/o/{org}/senders/{id}", params(("org" = String, Path), ("id" = String, Path)), responses((status = 200, body = ApiSender), (status = 404)), security(("bearer" = [])))]
@@ -139,7 +156,7 @@ async fn put_settings(
         .validate(&s.inventory())
         .map_err(AppError::BadRequest)?;
     senders::set_settings(&state.db, &c.org.id, &id, &settings).await?;
-    state.sender_pages.invalidate_all();
+    super::pages_senders::forget_senders(&state);
     Ok(Json(settings))
 }
 

@@ -58,7 +58,7 @@ pub async fn senders_rows(
 }
 
 async fn detail_events(state: &AppState, org: &str, id: &str) -> Result<Vec<Event>, AppError> {
-    let sender = senders::get(&state.db, org, id)
+    let sender = super::pages_senders::cached_sender(state, org, id)
         .await?
         .ok_or(AppError::NotFound)?;
     let status = StatusFragment {

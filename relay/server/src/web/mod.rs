@@ -57,6 +57,10 @@ pub struct Relay {
     pub auth: AuthCache,
     /// Pages of senders (and the total) per (organization, limit, offset), for [`LIST_TTL`].
     pub sender_pages: moka::future::Cache<(String, i64, i64), Arc<(Vec<SenderRow>, i64)>>,
+    /// Single senders per (organization, id) for the pages that show them, for [`LIST_TTL`].
+    pub sender_rows: moka::future::Cache<(String, String), Option<Arc<SenderRow>>>,
+    /// JSON of API sender list pages per (organization, limit, offset), for [`LIST_TTL`].
+    pub api_sender_pages: moka::future::Cache<(String, i64, i64), axum::body::Bytes>,
     /// Chart data per (organization, sender), for [`CHART_TTL`].
     pub charts: moka::future::Cache<(String, String), Arc<Vec<LinkSample>>>,
     /// Prometheus counters.

@@ -237,7 +237,7 @@ pub async fn claim(
     if !enrollments::approve(&state.db, &e.id, &approval).await? {
         return render(StatusCode::CONFLICT, None, "", NO_SUCH_CODE);
     }
-    state.sender_pages.invalidate_all();
+    super::pages_senders::forget_senders(&state);
     tracing::info!(org = %org.id, device = %device_id, by = %s.entry.user.email, "device claimed");
     let to = format!("/o/{}/senders/{device_id}", org.id);
     Ok(Redirect::to(&to).into_response())

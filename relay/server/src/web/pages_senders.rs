@@ -111,6 +111,32 @@ pub async fn sender_page(
         .map_err(|e| AppError::Internal(anyhow::anyhow!("{e}")))
 }
 
+/// One sender for the pages that show it, at most [`super::LIST_TTL`] old.
+pub async fn cached_sender(
+    state: &AppState,
+    org: &str,
+    id: &str,
+) -> Result<Option<std::sync::Arc<SenderRow>>, AppError> {
+    state
+        .sender_rows
+        .try_get_with((org.to_string(), id.to_string()), async {
+            Ok::<_, sqlx::Error>(
+                senders::get(&state.db, org, id)
+                    .await?
+                    .map(std::sync::Arc::new),
+            )
+        })
+        .await
+        .map_err(|e| AppError::Internal(anyhow::anyhow!("{e}")))
+}
+
+/// Drops every cached sender view (after this process changed a sender).
+pub fn forget_senders(state: &AppState) {
+    state.sender_pages.invalidate_all();
+    state.sender_rows.invalidate_all();
+    state.api_sender_pages.invalidate_all();
+}
+
 /// One page of the organization's senders as rows, and the total.
 pub async fn page_rows(
     state: &AppState,
@@ -239,7 +265,7 @@ async fn detail_page(
     message: &str,
     error: &str,
 ) -> Result<DetailPage, AppError> {
-    let sender = senders::get(&state.db, &caller.org.id, id)
+    let sender = cached_sender(state, &caller.org.id, id)
         .await?
         .ok_or(AppError::NotFound)?;
     let inventory = sender.inventory();
@@ -338,7 +364,7 @@ pub async fn save_settings(
         return Ok((StatusCode::BAD_REQUEST, Html(page.render()?)).into_response());
     }
     senders::set_settings(&state.db, &caller.org.id, &id, &settings).await?;
-    state.sender_pages.invalidate_all();
+    forget_senders(&state);
     tracing::info!(org = %caller.org.id, sender = %id, user = %caller.user.email, "encoder settings changed");
     Ok(Redirect::to(&format!("/o/{}/senders/{}?saved=1", caller.org.id, id)).into_response())
 }

@@ -29,6 +29,14 @@ pub async fn state(config: Config) -> anyhow::Result<(AppState, DataDir)> {
             .max_capacity(10_000)
             .time_to_live(super::LIST_TTL)
             .build(),
+        sender_rows: moka::future::Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(super::LIST_TTL)
+            .build(),
+        api_sender_pages: moka::future::Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(super::LIST_TTL)
+            .build(),
         charts: moka::future::Cache::builder()
             .max_capacity(10_000)
             .time_to_live(super::CHART_TTL)
