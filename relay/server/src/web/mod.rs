@@ -6,6 +6,7 @@ mod assets;
 mod chart;
 mod enroll;
 mod error;
+mod fresh;
 mod layout;
 mod live;
 pub mod metrics;
@@ -37,11 +38,18 @@ use crate::store::senders::{LinkSample, SenderRow};
 /// How old a live chart may be: the pages refresh it every second anyway.
 pub const CHART_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Longest a live view (chart, sender page) may serve a stale value while it
+/// is refreshed in the background.
+pub const LIVE_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// How old a page of the sender list may be (online state, last seen).
 pub const LIST_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Largest request body any route accepts.
 pub const MAX_BODY: usize = 64 * 1024;
+
+/// A page of an organization's senders and how many it has in all.
+pub type SenderPage = (Vec<SenderRow>, i64);
 
 /// Everything a handler may need, shared by all requests.
 pub struct Relay {
@@ -56,13 +64,13 @@ pub struct Relay {
     /// Who sessions and tokens are, for a few seconds.
     pub auth: AuthCache,
     /// Pages of senders (and the total) per (organization, limit, offset), for [`LIST_TTL`].
-    pub sender_pages: moka::future::Cache<(String, i64, i64), Arc<(Vec<SenderRow>, i64)>>,
+    pub sender_pages: moka::future::Cache<(String, i64, i64), Arc<SenderPage>>,
     /// Single senders per (organization, id) for the pages that show them, for [`LIST_TTL`].
-    pub sender_rows: moka::future::Cache<(String, String), Option<Arc<SenderRow>>>,
+    pub sender_rows: fresh::Revalidating<(String, String), Option<Arc<SenderRow>>>,
     /// JSON of API sender list pages per (organization, limit, offset), for [`LIST_TTL`].
     pub api_sender_pages: moka::future::Cache<(String, i64, i64), axum::body::Bytes>,
     /// Chart data per (organization, sender), for [`CHART_TTL`].
-    pub charts: moka::future::Cache<(String, String), Arc<Vec<LinkSample>>>,
+    pub charts: fresh::Revalidating<(String, String), Arc<Vec<LinkSample>>>,
     /// Prometheus counters.
     pub metrics: metrics::Metrics,
     /// The configuration it started with.

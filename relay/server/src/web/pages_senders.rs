@@ -117,14 +117,18 @@ pub async fn cached_sender(
     org: &str,
     id: &str,
 ) -> Result<Option<std::sync::Arc<SenderRow>>, AppError> {
+    let (db, org_id, sender_id) = (state.db.clone(), org.to_string(), id.to_string());
     state
         .sender_rows
-        .try_get_with((org.to_string(), id.to_string()), async {
-            Ok::<_, sqlx::Error>(
-                senders::get(&state.db, org, id)
-                    .await?
-                    .map(std::sync::Arc::new),
-            )
+        .get((org.to_string(), id.to_string()), move || {
+            let (db, org_id, sender_id) = (db.clone(), org_id.clone(), sender_id.clone());
+            async move {
+                Ok::<_, sqlx::Error>(
+                    senders::get(&db, &org_id, &sender_id)
+                        .await?
+                        .map(std::sync::Arc::new),
+                )
+            }
         })
         .await
         .map_err(|e| AppError::Internal(anyhow::anyhow!("{e}")))
@@ -209,21 +213,20 @@ impl ChartFragment {
         sender: &str,
     ) -> Result<ChartFragment, AppError> {
         let now = now_ms();
-        // Every viewer of a sender sees the same chart: one query per second serves them all.
+        // Every viewer of a sender sees the same chart: one query per second
+        // serves them all, and nobody waits for it (see `fresh`).
         let key = (org.to_string(), sender.to_string());
-        // Concurrent misses wait for one query instead of each running it.
+        let (db, org_id, sender_id) = (state.db.clone(), org.to_string(), sender.to_string());
         let samples = state
             .charts
-            .try_get_with(key, async {
-                senders::telemetry_buckets(
-                    &state.db,
-                    org,
-                    sender,
-                    now - CHART_WINDOW_MS,
-                    CHART_BUCKET_MS,
-                )
-                .await
-                .map(std::sync::Arc::new)
+            .get(key, move || {
+                let (db, org_id, sender_id) = (db.clone(), org_id.clone(), sender_id.clone());
+                async move {
+                    let since = now_ms() - CHART_WINDOW_MS;
+                    senders::telemetry_buckets(&db, &org_id, &sender_id, since, CHART_BUCKET_MS)
+                        .await
+                        .map(std::sync::Arc::new)
+                }
             })
             .await
             .map_err(|e| AppError::Internal(anyhow::anyhow!("{e}")))?;

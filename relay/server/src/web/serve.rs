@@ -29,18 +29,12 @@ pub async fn state(config: Config) -> anyhow::Result<(AppState, DataDir)> {
             .max_capacity(10_000)
             .time_to_live(super::LIST_TTL)
             .build(),
-        sender_rows: moka::future::Cache::builder()
-            .max_capacity(10_000)
-            .time_to_live(super::LIST_TTL)
-            .build(),
+        sender_rows: super::fresh::Revalidating::new(super::LIST_TTL, super::LIVE_MAX_AGE, 10_000),
         api_sender_pages: moka::future::Cache::builder()
             .max_capacity(10_000)
             .time_to_live(super::LIST_TTL)
             .build(),
-        charts: moka::future::Cache::builder()
-            .max_capacity(10_000)
-            .time_to_live(super::CHART_TTL)
-            .build(),
+        charts: super::fresh::Revalidating::new(super::CHART_TTL, super::LIVE_MAX_AGE, 10_000),
         metrics: Metrics::default(),
         data_dir: dir.path.clone(),
         ca: crate::ca::DeviceCa::open_or_create(&dir.path.join("ca"))?,
