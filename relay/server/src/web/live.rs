@@ -65,7 +65,7 @@ async fn detail_events(state: &AppState, org: &str, id: &str) -> Result<Vec<Even
         sender: SenderView::of(&sender, now_ms()),
     }
     .render()?;
-    let chart = ChartFragment::load(state, org, id).await?.render()?;
+    let chart = ChartFragment::load(state, org, id).await?.to_string();
     Ok(vec![
         Event::default().event("status").data(status),
         Event::default().event("chart").data(chart),

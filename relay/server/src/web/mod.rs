@@ -33,7 +33,7 @@ use crate::auth::{AuthCache, Csrf, LoginLimiter, csrf_guard};
 use crate::config::Config;
 use crate::db::Db;
 use crate::secrets::SecretBox;
-use crate::store::senders::{LinkSample, SenderRow};
+use crate::store::senders::SenderRow;
 
 /// How old a live chart may be: the pages refresh it every second anyway.
 pub const CHART_TTL: std::time::Duration = std::time::Duration::from_secs(1);
@@ -69,8 +69,8 @@ pub struct Relay {
     pub sender_rows: fresh::Revalidating<(String, String), Option<Arc<SenderRow>>>,
     /// JSON of API sender list pages per (organization, limit, offset), for [`LIST_TTL`].
     pub api_sender_pages: moka::future::Cache<(String, i64, i64), axum::body::Bytes>,
-    /// Chart data per (organization, sender), for [`CHART_TTL`].
-    pub charts: fresh::Revalidating<(String, String), Arc<Vec<LinkSample>>>,
+    /// Rendered charts per (organization, sender), fresh for [`CHART_TTL`].
+    pub charts: fresh::Revalidating<(String, String), Arc<String>>,
     /// Prometheus counters.
     pub metrics: metrics::Metrics,
     /// The configuration it started with.

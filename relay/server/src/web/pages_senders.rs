@@ -206,33 +206,39 @@ pub struct ChartFragment {
 }
 
 impl ChartFragment {
-    /// The chart of a sender's last minutes.
+    /// The rendered chart of a sender's last minutes. Every viewer of a
+    /// sender sees the same chart: one query and one rendering per second
+    /// serve them all, and nobody waits for them (see `fresh`).
     pub async fn load(
         state: &AppState,
         org: &str,
         sender: &str,
-    ) -> Result<ChartFragment, AppError> {
-        let now = now_ms();
-        // Every viewer of a sender sees the same chart: one query per second
-        // serves them all, and nobody waits for it (see `fresh`).
+    ) -> Result<std::sync::Arc<String>, AppError> {
         let key = (org.to_string(), sender.to_string());
         let (db, org_id, sender_id) = (state.db.clone(), org.to_string(), sender.to_string());
-        let samples = state
+        state
             .charts
             .get(key, move || {
                 let (db, org_id, sender_id) = (db.clone(), org_id.clone(), sender_id.clone());
                 async move {
-                    let since = now_ms() - CHART_WINDOW_MS;
-                    senders::telemetry_buckets(&db, &org_id, &sender_id, since, CHART_BUCKET_MS)
-                        .await
-                        .map(std::sync::Arc::new)
+                    let now = now_ms();
+                    let samples = senders::telemetry_buckets(
+                        &db,
+                        &org_id,
+                        &sender_id,
+                        now - CHART_WINDOW_MS,
+                        CHART_BUCKET_MS,
+                    )
+                    .await?;
+                    let html = ChartFragment {
+                        chart: chart::build(&samples, now, CHART_WINDOW_MS),
+                    }
+                    .render()?;
+                    Ok::<_, AppError>(std::sync::Arc::new(html))
                 }
             })
             .await
-            .map_err(|e| AppError::Internal(anyhow::anyhow!("{e}")))?;
-        Ok(ChartFragment {
-            chart: chart::build(&samples, now, CHART_WINDOW_MS),
-        })
+            .map_err(|e| AppError::Internal(anyhow::anyhow!("{e}")))
     }
 }
 
@@ -241,7 +247,8 @@ impl ChartFragment {
 struct DetailPage {
     nav: Nav,
     status: StatusFragment,
-    chart: ChartFragment,
+    /// Rendered chart fragment.
+    chart: std::sync::Arc<String>,
     inventory: Inventory,
     settings: EncoderSettings,
     /// (id, label, selected)
