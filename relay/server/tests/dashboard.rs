@@ -66,7 +66,7 @@ fn login_request(pre: &str, csrf: &str, email: &str, password: &str) -> Request<
 #[tokio::test]
 async fn login_sessions_csrf_and_rate_limit() {
     for db in test_databases().await {
-        let app = TestApp::with(&db, |c| c.login_attempts_per_minute = 3).await;
+        let app = TestApp::with(&db, |c| c.login_attempts_per_minute = 4).await;
         let org = app.org("Acme").await;
         let user = accounts::create_user(
             &app.state.db,
@@ -183,12 +183,40 @@ async fn login_sessions_csrf_and_rate_limit() {
             app.send(logout("0".repeat(64).as_str())).await.0,
             StatusCode::FORBIDDEN
         );
-        assert_eq!(app.send(logout(&csrf)).await.0, StatusCode::SEE_OTHER);
+        let (status, headers, _) = app.send(logout(&csrf)).await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
+        // The deletion carries the attributes a browser needs to honour it for a __Host- cookie.
+        let removal = set_cookie_line(&headers, "__Host-strata_session");
+        for attr in ["Secure", "Path=/", "Max-Age=0"] {
+            assert!(
+                removal.contains(attr),
+                "session removal lacks {attr}: {removal}"
+            );
+        }
         let (status, headers, _) = app.send(get(&format!("/o/{}/senders", org.id))).await;
         assert_eq!(status, StatusCode::SEE_OTHER);
         assert_eq!(headers[header::LOCATION], "/login");
 
-        // Rate limit: 3 attempts a minute for this account (2 used above), then 429 even with the right password.
+        // A browser that still sends the dead session cookie can log in again
+        // (the login form's token is bound to the pre-session cookie).
+        let relogin = Request::post("/login")
+            .header(
+                header::COOKIE,
+                format!("__Host-strata_session={session}; __Host-strata_pre={pre}"),
+            )
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(format!(
+                "email=ann%40example.com&password=correct+horse+battery&_csrf={}",
+                app.state.csrf.token("p", &pre)
+            )))
+            .unwrap();
+        assert_eq!(
+            app.send(relogin).await.0,
+            StatusCode::SEE_OTHER,
+            "log in again after logout"
+        );
+
+        // Rate limit: 4 attempts a minute for this account (3 used above), then 429 even with the right password.
         let (status, _, _) = app
             .send(login_request(
                 &pre,

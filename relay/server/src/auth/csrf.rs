@@ -77,11 +77,20 @@ pub async fn csrf_guard(
     if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
         return next.run(req).await;
     }
-    let (kind, cookie) = match (jar.get(SESSION_COOKIE), jar.get(PRE_SESSION_COOKIE)) {
-        (Some(s), _) => ("s", s.value().to_string()),
-        (None, Some(p)) => ("p", p.value().to_string()),
-        (None, None) => return AppError::Csrf.into_response(),
-    };
+    // A token may be bound to the session cookie or, on the login and
+    // registration forms, to the pre-session cookie. Both are tried: a stale
+    // session cookie (expired, or one a browser kept) must not lock anyone
+    // out of the login form.
+    let candidates: Vec<(&str, String)> = [
+        ("s", jar.get(SESSION_COOKIE)),
+        ("p", jar.get(PRE_SESSION_COOKIE)),
+    ]
+    .into_iter()
+    .filter_map(|(kind, c)| c.map(|c| (kind, c.value().to_string())))
+    .collect();
+    if candidates.is_empty() {
+        return AppError::Csrf.into_response();
+    }
     let header = req
         .headers()
         .get("x-csrf-token")
@@ -102,7 +111,13 @@ pub async fn csrf_guard(
         }
     };
     match presented {
-        Some(t) if state.csrf.verify(kind, &cookie, &t) => next.run(req).await,
+        Some(t)
+            if candidates
+                .iter()
+                .any(|(kind, cookie)| state.csrf.verify(kind, cookie, &t)) =>
+        {
+            next.run(req).await
+        }
         _ => {
             state.metrics.csrf_rejected.inc();
             AppError::Csrf.into_response()

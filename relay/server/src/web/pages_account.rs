@@ -37,6 +37,8 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
 }
 
 /// A cookie for this service: HttpOnly, Secure, SameSite=Lax, whole site.
+/// Removal cookies are built from it too: browsers ignore a `__Host-` cookie
+/// (even a deletion) that lacks these attributes.
 pub(super) fn cookie(name: &'static str, value: String) -> Cookie<'static> {
     Cookie::build((name, value))
         .http_only(true)
@@ -44,6 +46,13 @@ pub(super) fn cookie(name: &'static str, value: String) -> Cookie<'static> {
         .same_site(SameSite::Lax)
         .path("/")
         .build()
+}
+
+/// The session cookie, living as long as the session.
+fn session_cookie(token: String, hours: u32) -> Cookie<'static> {
+    let mut c = cookie(SESSION_COOKIE, token);
+    c.set_max_age(Some(time::Duration::hours(i64::from(hours))));
+    c
 }
 
 #[derive(Template)]
@@ -195,8 +204,8 @@ pub async fn login(
     let token = sessions::create(&state.db, &user.id, state.config.session_hours).await?;
     tracing::info!(user = %user.email, "logged in");
     let jar = jar
-        .remove(Cookie::build(PRE_SESSION_COOKIE).path("/"))
-        .add(cookie(SESSION_COOKIE, token));
+        .remove(cookie(PRE_SESSION_COOKIE, String::new()))
+        .add(session_cookie(token, state.config.session_hours));
     Ok((jar, Redirect::to(safe_next(&next).unwrap_or("/"))).into_response())
 }
 
@@ -206,7 +215,7 @@ pub async fn logout(State(state): State<AppState>, jar: CookieJar) -> Result<Res
         sessions::delete(&state.db, c.value()).await?;
         state.auth.forget_session(c.value());
     }
-    let jar = jar.remove(Cookie::build(SESSION_COOKIE).path("/"));
+    let jar = jar.remove(cookie(SESSION_COOKIE, String::new()));
     Ok((jar, Redirect::to("/login")).into_response())
 }
 
@@ -316,8 +325,8 @@ pub async fn register(
     accounts::add_member(&state.db, &org.id, &user.id, Role::Owner).await?;
     let token = sessions::create(&state.db, &user.id, state.config.session_hours).await?;
     let jar = jar
-        .remove(Cookie::build(PRE_SESSION_COOKIE).path("/"))
-        .add(cookie(SESSION_COOKIE, token));
+        .remove(cookie(PRE_SESSION_COOKIE, String::new()))
+        .add(session_cookie(token, state.config.session_hours));
     Ok((jar, Redirect::to("/")).into_response())
 }
 
@@ -415,7 +424,7 @@ pub async fn change_password(
     state.auth.forget_all();
     let token = sessions::create(&state.db, &su.user.id, state.config.session_hours).await?;
     let csrf = state.csrf.token("s", &token);
-    let jar = jar.add(cookie(SESSION_COOKIE, token));
+    let jar = jar.add(session_cookie(token, state.config.session_hours));
     let page = AccountPage {
         email: su.user.email.clone(),
         csrf,

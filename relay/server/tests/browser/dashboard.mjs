@@ -71,6 +71,11 @@ try {
   await page.goto(`${RELAY_URL}/`);
   if (!page.url().endsWith('/login')) fail('still logged in after logout');
   console.log('logged out');
+  // And back in: a logged-out browser must not be locked out of the form.
+  await page.fill('#email', EMAIL);
+  await page.fill('#password', PASSWORD);
+  await Promise.all([page.waitForURL(/\/o\/[0-9a-f]+\/senders$/), page.click('button[type=submit]')]);
+  console.log('logged in again');
   // The one refused form above answers 400 on purpose; anything else is a fault.
   const unexpected = consoleErrors.filter((e) => !e.includes('status of 400'));
   if (unexpected.length) fail(`browser console errors: ${unexpected.join(' | ')}`);
