@@ -324,9 +324,11 @@ async fn destination_keys_are_write_only_and_encrypted_at_rest() {
         .unwrap();
         assert_eq!(plain.as_deref(), Some(key));
 
-        // An edit with an empty key keeps it; a new key replaces it.
+        // An edit with an empty key keeps it while the server stays; moving the
+        // destination to another server needs the key again (else the stored key
+        // would be sent somewhere its owner never sent it).
         let edit =
-            "name=YouTube+backup&kind=rtmp&target=rtmp%3A%2F%2Fb.rtmp.youtube.com%2Flive2&secret=";
+            "name=YouTube+backup&kind=rtmp&target=rtmp%3A%2F%2Fa.rtmp.youtube.com%2Flive2&secret=";
         assert_eq!(
             app.send(b.post(&format!("/o/{}/destinations/{}", org.id, id.0), edit))
                 .await
@@ -342,6 +344,38 @@ async fn destination_keys_are_write_only_and_encrypted_at_rest() {
         .await
         .unwrap();
         assert_eq!(plain.as_deref(), Some(key));
+        let moved =
+            "name=YouTube+backup&kind=rtmp&target=rtmp%3A%2F%2Fevil.example%2Flive2&secret=";
+        let (status, _, body) = app
+            .send(b.post(&format!("/o/{}/destinations/{}", org.id, id.0), moved))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body.contains("needs a stream key"), "{body}");
+        let (target,): (String,) = sqlx::query_as("SELECT target FROM destinations")
+            .fetch_one(&app.state.db)
+            .await
+            .unwrap();
+        assert_eq!(
+            target, "rtmp://a.rtmp.youtube.com/live2",
+            "refused edit wrote nothing"
+        );
+        // Turned into a recording: the key is dropped.
+        let rec = "name=Archive&kind=record&target=60&secret=";
+        assert_eq!(
+            app.send(b.post(&format!("/o/{}/destinations/{}", org.id, id.0), rec))
+                .await
+                .0,
+            StatusCode::SEE_OTHER
+        );
+        let plain = strata_relay::store::destinations::secret(
+            &app.state.db,
+            &app.state.sbox,
+            &org.id,
+            &id.0,
+        )
+        .await
+        .unwrap();
+        assert_eq!(plain, None);
     }
 }
 

@@ -186,16 +186,37 @@ pub async fn create(
     Ok(get(db, org_id, &id).await?.expect("just inserted"))
 }
 
-/// Updates a validated destination; an empty secret keeps the stored one.
-/// False if the organization has no such destination.
+/// Whether an edit must bring a new key: the kind or the server changed, so
+/// the stored key would go somewhere its owner never sent it.
+pub fn edit_needs_new_key(existing: &Destination, input: &DestinationInput) -> bool {
+    let host = |t: &str| {
+        url::Url::parse(t.trim()).ok().map(|u| {
+            (
+                u.scheme().to_string(),
+                u.host_str().map(str::to_string),
+                u.port(),
+            )
+        })
+    };
+    existing.kind != input.kind
+        || !existing.has_secret && input.kind == "rtmp"
+        || host(&existing.target) != host(&input.target)
+}
+
+/// Updates a validated destination. An empty secret keeps the stored one
+/// when `keep_secret` (callers pass `!edit_needs_new_key(..)`), else drops
+/// it; hls and record drop any key. False if the organization has no such
+/// destination.
 pub async fn update(
     db: &Db,
     sbox: &SecretBox,
     org_id: &str,
     id: &str,
     input: &DestinationInput,
+    keep_secret: bool,
 ) -> sqlx::Result<bool> {
-    let r = match input.secret.as_deref().filter(|s| !s.is_empty()) {
+    let keyless = matches!(input.kind.as_str(), "hls" | "record");
+    let r = match input.secret.as_deref().filter(|s| !s.is_empty() && !keyless) {
         Some(secret) => {
             sqlx::query(
                 "UPDATE destinations SET name = $1, kind = $2, target = $3, secret_enc = $4, secret_hint = $5 \
@@ -206,6 +227,19 @@ pub async fn update(
             .bind(input.target.trim())
             .bind(sbox.seal(id, secret))
             .bind(hint(secret))
+            .bind(org_id)
+            .bind(id)
+            .execute(db)
+            .await?
+        }
+        None if keyless || !keep_secret => {
+            sqlx::query(
+                "UPDATE destinations SET name = $1, kind = $2, target = $3, secret_enc = NULL, secret_hint = NULL \
+                 WHERE org_id = $4 AND id = $5",
+            )
+            .bind(input.name.trim())
+            .bind(&input.kind)
+            .bind(input.target.trim())
             .bind(org_id)
             .bind(id)
             .execute(db)

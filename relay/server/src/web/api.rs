@@ -219,9 +219,17 @@ async fn update_destination(
         .await?
         .ok_or(AppError::NotFound)?;
     input
-        .validate(existing.kind != input.kind || !existing.has_secret)
+        .validate(destinations::edit_needs_new_key(&existing, &input))
         .map_err(AppError::BadRequest)?;
-    destinations::update(&state.db, &state.sbox, &c.org.id, &id, &input).await?;
+    destinations::update(
+        &state.db,
+        &state.sbox,
+        &c.org.id,
+        &id,
+        &input,
+        !destinations::edit_needs_new_key(&existing, &input),
+    )
+    .await?;
     Ok(Json(
         destinations::get(&state.db, &c.org.id, &id)
             .await?

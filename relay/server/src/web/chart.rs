@@ -100,8 +100,10 @@ pub fn build(samples: &[LinkSample], now_ms: i64, window_ms: i64) -> Chart {
     }
 }
 
-/// Rounds up to 1, 2 or 5 times a power of ten.
+/// Rounds up to 1, 2 or 5 times a power of ten (values are capped at 10^12:
+/// telemetry comes from devices and must not overflow the loop).
 fn nice_ceiling(v: i64) -> i64 {
+    let v = v.clamp(1, 1_000_000_000_000);
     let mut p = 1;
     loop {
         for m in [1, 2, 5] {
@@ -152,5 +154,7 @@ mod tests {
         assert_eq!(nice_ceiling(3), 5);
         assert_eq!(nice_ceiling(101), 200);
         assert_eq!(nice_ceiling(6000), 10000);
+        assert_eq!(nice_ceiling(i64::MAX), 1_000_000_000_000);
+        assert_eq!(nice_ceiling(-5), 1);
     }
 }

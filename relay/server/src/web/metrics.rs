@@ -90,7 +90,17 @@ impl Metrics {
 
 /// Middleware counting every response.
 pub async fn count_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let method = req.method().to_string();
+    // Only known methods become labels: any token is a valid HTTP method, and
+    // each new label set would live forever.
+    let method = match *req.method() {
+        axum::http::Method::GET
+        | axum::http::Method::HEAD
+        | axum::http::Method::POST
+        | axum::http::Method::PUT
+        | axum::http::Method::DELETE
+        | axum::http::Method::OPTIONS => req.method().as_str().to_string(),
+        _ => "other".to_string(),
+    };
     let resp = next.run(req).await;
     let status = format!("{}xx", resp.status().as_u16() / 100);
     state

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use super::layout::{Nav, nav};
 use super::pages_senders::ago;
 use super::{AppError, AppState, Form};
-use crate::auth::{Caller, check_password_strength, hash_password};
+use crate::auth::Caller;
 use crate::now_ms;
 use crate::store::accounts::{self, Member, MemberChangeError, Role, normalize_email};
 use crate::store::destinations::{self, Destination, DestinationInput};
@@ -116,13 +116,21 @@ pub async fn update_destination(
         .ok_or(AppError::NotFound)?;
     let input = form.input();
     // Changing the kind needs a fresh key; keeping it may reuse the stored one.
-    let creating = existing.kind != input.kind || !existing.has_secret;
+    let creating = destinations::edit_needs_new_key(&existing, &input);
     if let Err(e) = input.validate(creating) {
         let page =
             destinations_page(&state, &caller, None, &format!("{}: {e}", existing.name)).await?;
         return Ok((StatusCode::BAD_REQUEST, Html(page.render()?)).into_response());
     }
-    destinations::update(&state.db, &state.sbox, &caller.org.id, &id, &input).await?;
+    destinations::update(
+        &state.db,
+        &state.sbox,
+        &caller.org.id,
+        &id,
+        &input,
+        !creating,
+    )
+    .await?;
     Ok(see_other(format!("/o/{}/destinations", caller.org.id)))
 }
 
@@ -197,28 +205,24 @@ struct MembersPage {
     members: Vec<Member>,
     roles: [Role; 3],
     error: String,
-    /// Email and one-time password of an account just created.
-    created: Option<(String, String)>,
 }
 
 async fn members_page(
     state: &AppState,
     caller: &Caller,
     error: &str,
-    created: Option<(String, String)>,
 ) -> Result<MembersPage, AppError> {
     Ok(MembersPage {
         nav: nav(state, caller, "members")?,
         members: accounts::members(&state.db, &caller.org.id).await?,
         roles: Role::ALL,
         error: error.into(),
-        created,
     })
 }
 
 /// GET /o/{org}/members
 pub async fn members(State(state): State<AppState>, caller: Caller) -> Result<Response, AppError> {
-    Ok(Html(members_page(&state, &caller, "", None).await?.render()?).into_response())
+    Ok(Html(members_page(&state, &caller, "").await?.render()?).into_response())
 }
 
 /// The add-member form.
@@ -237,42 +241,29 @@ pub async fn add_member(
 ) -> Result<Response, AppError> {
     caller.require(Role::Owner)?;
     let (Some(email), Some(role)) = (normalize_email(&form.email), Role::parse(&form.role)) else {
-        let page = members_page(&state, &caller, "Give an email address and a role.", None).await?;
+        let page = members_page(&state, &caller, "Give an email address and a role.").await?;
         return Ok((StatusCode::BAD_REQUEST, Html(page.render()?)).into_response());
     };
-    let (user, created) = match accounts::user_by_email(&state.db, &email).await? {
-        Some((user, _)) => (user, None),
-        None => {
-            let password = crate::store::new_secret("")[..16].to_string();
-            check_password_strength(&password).map_err(|e| anyhow::anyhow!(e))?;
-            let p = password.clone();
-            let hash = tokio::task::spawn_blocking(move || hash_password(&p))
-                .await
-                .map_err(|e| anyhow::anyhow!(e))?;
-            (
-                accounts::create_user(&state.db, &email, &hash).await?,
-                Some((email.clone(), password)),
-            )
-        }
+    // Only existing accounts: creating one here would hand the owner a
+    // password to somebody else's email (and that account, later).
+    let Some((user, _)) = accounts::user_by_email(&state.db, &email).await? else {
+        let msg = format!(
+            "{email} has no account yet. They create one first (registration, or `strata-relay user add` by the operator); then add them here."
+        );
+        let page = members_page(&state, &caller, &msg).await?;
+        return Ok((StatusCode::NOT_FOUND, Html(page.render()?)).into_response());
     };
     if accounts::role_in(&state.db, &caller.org.id, &user.id)
         .await?
         .is_some()
     {
-        let page = members_page(
-            &state,
-            &caller,
-            &format!("{email} is already a member."),
-            None,
-        )
-        .await?;
+        let page = members_page(&state, &caller, &format!("{email} is already a member.")).await?;
         return Ok((StatusCode::CONFLICT, Html(page.render()?)).into_response());
     }
     accounts::add_member(&state.db, &caller.org.id, &user.id, role).await?;
     state.auth.forget_all();
     tracing::info!(org = %caller.org.id, member = %email, %role, by = %caller.user.email, "member added");
-    let page = members_page(&state, &caller, "", created).await?;
-    Ok(Html(page.render()?).into_response())
+    Ok(see_other(format!("/o/{}/members", caller.org.id)))
 }
 
 /// The change-member form: a role, or `remove`.
@@ -299,13 +290,8 @@ pub async fn change_member(
         Ok(()) => Ok(see_other(format!("/o/{}/members", caller.org.id))),
         Err(MemberChangeError::NotFound) => Err(AppError::NotFound),
         Err(MemberChangeError::LastOwner) => {
-            let page = members_page(
-                &state,
-                &caller,
-                "An organization needs at least one owner.",
-                None,
-            )
-            .await?;
+            let page =
+                members_page(&state, &caller, "An organization needs at least one owner.").await?;
             Ok((StatusCode::CONFLICT, Html(page.render()?)).into_response())
         }
         Err(MemberChangeError::Db(e)) => Err(e.into()),
