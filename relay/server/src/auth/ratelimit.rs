@@ -23,6 +23,12 @@ impl LoginLimiter {
         }
     }
 
+    /// Forgets keys whose limit has fully recovered.
+    pub fn retain_recent(&self) {
+        self.by_ip.retain_recent();
+        self.by_account.retain_recent();
+    }
+
     /// Takes one attempt for this address and account; false when either is over its limit.
     pub fn attempt(&self, ip: Option<IpAddr>, account: &str) -> bool {
         let ip_ok = ip.is_none_or(|ip| self.by_ip.check_key(&ip).is_ok());

@@ -183,6 +183,12 @@ pub async fn change_member(
     role: Option<Role>,
 ) -> Result<(), MemberChangeError> {
     let mut tx = db.begin().await?;
+    // Lock the organization first, so two owners demoting each other at once
+    // cannot both see another owner left (write skew on PostgreSQL).
+    sqlx::query("UPDATE organizations SET name = name WHERE id = $1")
+        .bind(org_id)
+        .execute(&mut *tx)
+        .await?;
     let current: Option<(String,)> =
         sqlx::query_as("SELECT role FROM memberships WHERE org_id = $1 AND user_id = $2")
             .bind(org_id)

@@ -123,6 +123,16 @@ pub async fn by_device_code(db: &Db, device_code: &str) -> sqlx::Result<Option<E
     .await
 }
 
+/// Deletes requests that can no longer be used (a day after they expired);
+/// returns how many.
+pub async fn purge_expired(db: &Db) -> sqlx::Result<u64> {
+    let r = sqlx::query("DELETE FROM enrollments WHERE expires_at < $1")
+        .bind(now_ms() - 24 * 3_600_000)
+        .execute(db)
+        .await?;
+    Ok(r.rows_affected())
+}
+
 /// Records a poll.
 pub async fn polled(db: &Db, id: &str, at: i64) -> sqlx::Result<()> {
     sqlx::query("UPDATE enrollments SET last_poll_at = $1 WHERE id = $2")

@@ -16,18 +16,23 @@ use super::pages_senders::{
 use super::{AppError, AppState};
 use crate::auth::Caller;
 use crate::now_ms;
-use crate::store::{accounts, senders};
+use crate::store::senders;
 
 /// How often the sender list is re-sent.
 const LIST_EVERY: Duration = Duration::from_secs(2);
 /// How often a sender's status and chart are re-sent.
 const DETAIL_EVERY: Duration = Duration::from_secs(1);
 
+/// Whether the stream may go on: the session is still live (not logged out,
+/// not ended by a password change) and still a member of the organization.
 async fn still_member(state: &AppState, caller: &Caller) -> bool {
-    matches!(
-        accounts::role_in(&state.db, &caller.org.id, &caller.user.id).await,
-        Ok(Some(_))
-    )
+    let Some(session) = caller.session.as_deref() else {
+        return false;
+    };
+    match state.auth.session(&state.db, session).await {
+        Ok(Some(entry)) => entry.memberships.iter().any(|(o, _)| o.id == caller.org.id),
+        _ => false,
+    }
 }
 
 async fn rows_event(state: &AppState, org: &str, page: i64) -> Result<Event, AppError> {

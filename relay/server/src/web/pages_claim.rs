@@ -193,8 +193,18 @@ pub async fn claim(
         return render(StatusCode::NOT_FOUND, None, "", NO_SUCH_CODE);
     };
     let facts = facts_of(&e);
+    if orgs_for_devices(&s).is_empty() {
+        return render(
+            StatusCode::FORBIDDEN,
+            None,
+            "",
+            "Only operators and owners of an organization may answer a device.",
+        );
+    }
     if form.decision == "deny" {
-        enrollments::transition(&state.db, &e.id, "pending", "denied").await?;
+        if !enrollments::transition(&state.db, &e.id, "pending", "denied").await? {
+            return render(StatusCode::CONFLICT, None, "", NO_SUCH_CODE);
+        }
         tracing::info!(by = %s.entry.user.email, "enrollment denied");
         return render(StatusCode::OK, None, "The device was turned away.", "");
     }

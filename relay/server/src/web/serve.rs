@@ -45,6 +45,20 @@ pub async fn state(config: Config) -> anyhow::Result<(AppState, DataDir)> {
     Ok((state, dir))
 }
 
+/// Hourly: drop expired sessions and enrollments, and forget rate-limit
+/// state of quiet keys (each would otherwise stay forever).
+async fn housekeep(state: &AppState) {
+    if let Err(e) = store::sessions::purge_expired(&state.db).await {
+        tracing::warn!(error = %e, "purging expired sessions failed");
+    }
+    if let Err(e) = store::enrollments::purge_expired(&state.db).await {
+        tracing::warn!(error = %e, "purging expired enrollments failed");
+    }
+    state.limiter.retain_recent();
+    state.enroll_limiter.retain_recent();
+    state.claim_limiter.retain_recent();
+}
+
 fn nonzero(n: u32) -> std::num::NonZeroU32 {
     std::num::NonZeroU32::new(n).expect("a positive constant")
 }
@@ -61,13 +75,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("loading TLS certificate {} and key", cert.display()))?;
 
-    let purge_db = state.db.clone();
+    let housekeeping = state.clone();
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(3600)).await;
-            if let Err(e) = store::sessions::purge_expired(&purge_db).await {
-                tracing::warn!(error = %e, "purging expired sessions failed");
-            }
+            housekeep(&housekeeping).await;
         }
     });
 
