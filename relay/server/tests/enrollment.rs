@@ -206,9 +206,15 @@ async fn refusals() {
         );
 
         // Nor turn it away.
-        let (status, _, _) = app.send(vb.post("/claim", &format!("code={}&decision=deny", auth.user_code))).await;
+        let (status, _, _) = app
+            .send(vb.post("/claim", &format!("code={}&decision=deny", auth.user_code)))
+            .await;
         assert_eq!(status, StatusCode::FORBIDDEN);
-        assert_eq!(poll(&app, &auth.device_code).await.unwrap_err().error, "slow_down", "still pending");
+        assert_eq!(
+            poll(&app, &auth.device_code).await.unwrap_err().error,
+            "slow_down",
+            "still pending"
+        );
 
         // Denied: the device is told so.
         let (status, _, _) = app
