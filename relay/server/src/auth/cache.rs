@@ -36,6 +36,9 @@ pub struct SessionEntry {
 pub struct AuthCache {
     sessions: Cache<String, Arc<SessionEntry>>,
     tokens: Cache<String, Arc<TokenIdentity>>,
+    /// Bumped by every forget: a lookup that read the database before a
+    /// change must not put its answer in the cache after it.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl Default for AuthCache {
@@ -49,6 +52,7 @@ impl Default for AuthCache {
                 .max_capacity(100_000)
                 .time_to_live(TTL)
                 .build(),
+            generation: std::sync::atomic::AtomicU64::new(0),
         }
     }
 }
@@ -64,6 +68,7 @@ impl AuthCache {
             self.sessions.invalidate(&key);
             return Ok(None);
         }
+        let generation = self.generation();
         let Some((user, expires_at)) = sessions::user(db, token).await? else {
             return Ok(None);
         };
@@ -73,7 +78,9 @@ impl AuthCache {
             memberships,
             expires_at,
         });
-        self.sessions.insert(key, entry.clone());
+        if self.generation() == generation {
+            self.sessions.insert(key, entry.clone());
+        }
         Ok(Some(entry))
     }
 
@@ -83,21 +90,32 @@ impl AuthCache {
         if let Some(id) = self.tokens.get(&key) {
             return Ok(Some(id));
         }
+        let generation = self.generation();
         let Some(id) = tokens::identify(db, secret).await? else {
             return Ok(None);
         };
         let id = Arc::new(id);
-        self.tokens.insert(key, id.clone());
+        if self.generation() == generation {
+            self.tokens.insert(key, id.clone());
+        }
         Ok(Some(id))
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Forgets one session (logout).
     pub fn forget_session(&self, token: &str) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.sessions.invalidate(&token_hash(token));
     }
 
     /// Forgets everything (a membership, token or password changed).
     pub fn forget_all(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.sessions.invalidate_all();
         self.tokens.invalidate_all();
     }

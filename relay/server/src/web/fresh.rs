@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::hash::Hash;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 struct Entry<V> {
@@ -19,6 +19,9 @@ struct Entry<V> {
 pub struct Revalidating<K, V> {
     cache: moka::future::Cache<K, Arc<Entry<V>>>,
     fresh: Duration,
+    /// Bumped by [`Revalidating::invalidate_all`]: a refresh that started
+    /// before it must not put its (older) value back.
+    generation: Arc<AtomicU64>,
 }
 
 impl<K, V> Revalidating<K, V>
@@ -34,6 +37,7 @@ where
                 .time_to_live(max_age)
                 .build(),
             fresh,
+            generation: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -62,9 +66,12 @@ where
             .await?;
         if entry.loaded.elapsed() > self.fresh && !entry.refreshing.swap(true, Ordering::AcqRel) {
             let cache = self.cache.clone();
+            let generation = self.generation.clone();
+            let started = generation.load(Ordering::Acquire);
             let fut = load();
             tokio::spawn(async move {
                 match fut.await {
+                    Ok(_) if generation.load(Ordering::Acquire) != started => {}
                     Ok(value) => {
                         let fresh = Arc::new(Entry {
                             value,
@@ -83,6 +90,7 @@ where
 
     /// Drops everything (after this process changed what the values show).
     pub fn invalidate_all(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
         self.cache.invalidate_all();
     }
 }
@@ -123,5 +131,42 @@ mod tests {
         assert_eq!(c.get(1, load).await.unwrap(), 2, "then the refreshed one");
         c.invalidate_all();
         assert_eq!(c.get(1, load).await.unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_refresh_started_before_invalidation_is_dropped() {
+        let c: Revalidating<u8, u32> =
+            Revalidating::new(Duration::from_millis(10), Duration::from_secs(10), 10);
+        // The "database": a load reads it when it starts, and may be slow to return.
+        let truth = Arc::new(AtomicU32::new(1));
+        let slow = Arc::new(AtomicBool::new(false));
+        let load = || {
+            let v = truth.load(Ordering::SeqCst);
+            let slow = slow.load(Ordering::SeqCst);
+            async move {
+                if slow {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Ok::<_, ()>(v)
+            }
+        };
+        assert_eq!(c.get(1, load).await.unwrap(), 1);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        slow.store(true, Ordering::SeqCst);
+        assert_eq!(
+            c.get(1, load).await.unwrap(),
+            1,
+            "stale served; a slow refresh read the old value"
+        );
+        slow.store(false, Ordering::SeqCst);
+        truth.store(2, Ordering::SeqCst);
+        c.invalidate_all();
+        assert_eq!(c.get(1, load).await.unwrap(), 2, "loaded after the change");
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert_eq!(
+            c.get(1, load).await.unwrap(),
+            2,
+            "the refresh from before the change did not come back"
+        );
     }
 }
