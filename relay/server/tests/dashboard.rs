@@ -755,3 +755,170 @@ async fn live_values_openapi_metrics_health() {
         );
     }
 }
+
+#[tokio::test]
+async fn streams_page_shows_live_and_ended_streams_with_destination_health() {
+    for db in test_databases().await {
+        let app = TestApp::new(&db).await;
+        let org = app.org("Acme").await;
+        let viewer = app.member(&org, "v@example.com", Role::Viewer).await;
+        let b = app.browser(&viewer).await;
+        let sid = senders::create(&app.state.db, &org.id, "van-1", &Inventory::default())
+            .await
+            .unwrap();
+        let dests = [("d1".to_string(), "YouTube main".to_string())];
+        let stream = strata_relay::store::streams::create(&app.state.db, &org.id, &sid, &dests)
+            .await
+            .unwrap();
+        let (_, _, html) = app.send(b.get(&format!("/o/{}/streams", org.id))).await;
+        assert!(
+            html.contains("van-1") && html.contains("starting"),
+            "live stream listed"
+        );
+        assert!(
+            html.contains("YouTube main: <span class=\"badge connecting\">connecting</span>"),
+            "destination health"
+        );
+        let (_, _, list) = app.send(b.get(&format!("/o/{}/senders", org.id))).await;
+        assert!(list.contains("badge live"), "the sender shows its stream");
+
+        strata_relay::store::streams::finish(
+            &app.state.db,
+            &org.id,
+            &stream,
+            "ended",
+            "stopped from the dashboard",
+        )
+        .await
+        .unwrap();
+        let (_, _, html) = app.send(b.get(&format!("/o/{}/streams", org.id))).await;
+        assert!(
+            html.contains("badge ended") && html.contains("stopped from the dashboard"),
+            "history with its reason"
+        );
+        // Another organization sees none of it.
+        let other = app.org("Other").await;
+        let stranger = app.member(&other, "s@example.com", Role::Owner).await;
+        let (_, _, html) = app
+            .send(
+                app.browser(&stranger)
+                    .await
+                    .get(&format!("/o/{}/streams", other.id)),
+            )
+            .await;
+        assert!(html.contains("No streams yet") && !html.contains("van-1"));
+    }
+}
+
+#[tokio::test]
+async fn registration_when_open_and_password_change() {
+    for db in test_databases().await {
+        let closed = TestApp::new(&db).await;
+        assert_eq!(
+            closed
+                .send(Request::get("/register").body(Body::empty()).unwrap())
+                .await
+                .0,
+            StatusCode::NOT_FOUND
+        );
+
+        let app = TestApp::with(&db, |c| c.registration_open = true).await;
+        let (status, headers, html) = app
+            .send(Request::get("/register").body(Body::empty()).unwrap())
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let pre = cookie_value(&headers, "__Host-strata_pre").unwrap();
+        let csrf = csrf_in(&html);
+        let register = |form: String| {
+            Request::post("/register")
+                .header(header::COOKIE, format!("__Host-strata_pre={pre}"))
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(Body::from(format!("{form}&_csrf={csrf}")))
+                .unwrap()
+        };
+        let (status, _, body) = app
+            .send(register(
+                "email=new%40example.com&organization=NewCo&password=short".into(),
+            ))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body.contains("at least 10 characters"));
+        let (status, headers, _) = app
+            .send(register(
+                "email=new%40example.com&organization=NewCo&password=correct+horse+battery".into(),
+            ))
+            .await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
+        let session = cookie_value(&headers, "__Host-strata_session").expect("logged in");
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM memberships WHERE role = 'owner'")
+            .fetch_one(&app.state.db)
+            .await
+            .unwrap();
+        assert_eq!(n, 1, "owner of the new organization");
+        let (status, _, _) = app
+            .send(register(
+                "email=new%40example.com&organization=Again&password=correct+horse+battery".into(),
+            ))
+            .await;
+        assert_eq!(status, StatusCode::CONFLICT);
+
+        // Password change: the current one is checked; other sessions end.
+        let user = strata_relay::store::accounts::user_by_email(&app.state.db, "new@example.com")
+            .await
+            .unwrap()
+            .unwrap()
+            .0;
+        let other_session = strata_relay::store::sessions::create(&app.state.db, &user.id, 1)
+            .await
+            .unwrap();
+        let change = |form: &str| {
+            Request::post("/account")
+                .header(header::COOKIE, format!("__Host-strata_session={session}"))
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(Body::from(format!(
+                    "{form}&_csrf={}",
+                    app.state.csrf.token("s", &session)
+                )))
+                .unwrap()
+        };
+        let (status, _, body) = app
+            .send(change(
+                "current=wrong+horse+battery&new=a+new+long+password&confirm=a+new+long+password",
+            ))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body.contains("current password is wrong"));
+        let (status, headers, body) = app
+            .send(change(
+                "current=correct+horse+battery&new=a+new+long+password&confirm=a+new+long+password",
+            ))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("Password changed"));
+        assert!(
+            cookie_value(&headers, "__Host-strata_session").is_some(),
+            "a fresh session for this browser"
+        );
+        let old = Request::get("/account")
+            .header(
+                header::COOKIE,
+                format!("__Host-strata_session={other_session}"),
+            )
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(
+            app.send(old).await.0,
+            StatusCode::SEE_OTHER,
+            "other sessions ended"
+        );
+        let (_, hash) =
+            strata_relay::store::accounts::user_by_email(&app.state.db, "new@example.com")
+                .await
+                .unwrap()
+                .unwrap();
+        assert!(strata_relay::auth::verify_password(
+            "a new long password",
+            &hash
+        ));
+    }
+}

@@ -216,46 +216,30 @@ pub async fn update(
     keep_secret: bool,
 ) -> sqlx::Result<bool> {
     let keyless = matches!(input.kind.as_str(), "hls" | "record");
-    let r = match input.secret.as_deref().filter(|s| !s.is_empty() && !keyless) {
-        Some(secret) => {
-            sqlx::query(
-                "UPDATE destinations SET name = $1, kind = $2, target = $3, secret_enc = $4, secret_hint = $5 \
-                 WHERE org_id = $6 AND id = $7",
-            )
-            .bind(input.name.trim())
-            .bind(&input.kind)
-            .bind(input.target.trim())
-            .bind(sbox.seal(id, secret))
-            .bind(hint(secret))
-            .bind(org_id)
-            .bind(id)
-            .execute(db)
-            .await?
-        }
-        None if keyless || !keep_secret => {
-            sqlx::query(
-                "UPDATE destinations SET name = $1, kind = $2, target = $3, secret_enc = NULL, secret_hint = NULL \
-                 WHERE org_id = $4 AND id = $5",
-            )
-            .bind(input.name.trim())
-            .bind(&input.kind)
-            .bind(input.target.trim())
-            .bind(org_id)
-            .bind(id)
-            .execute(db)
-            .await?
-        }
-        None => {
-            sqlx::query("UPDATE destinations SET name = $1, kind = $2, target = $3 WHERE org_id = $4 AND id = $5")
-                .bind(input.name.trim())
-                .bind(&input.kind)
-                .bind(input.target.trim())
-                .bind(org_id)
-                .bind(id)
-                .execute(db)
-                .await?
-        }
+    let new_secret = input
+        .secret
+        .as_deref()
+        .filter(|s| !s.is_empty() && !keyless);
+    let keep = new_secret.is_none() && keep_secret && !keyless;
+    let sql = if keep {
+        "UPDATE destinations SET name = $1, kind = $2, target = $3 WHERE org_id = $4 AND id = $5"
+    } else {
+        // A new key, or none (NULL) where the old one must not stay.
+        "UPDATE destinations SET name = $1, kind = $2, target = $3, secret_enc = $6, secret_hint = $7 \
+         WHERE org_id = $4 AND id = $5"
     };
+    let mut q = sqlx::query(sql)
+        .bind(input.name.trim())
+        .bind(&input.kind)
+        .bind(input.target.trim())
+        .bind(org_id)
+        .bind(id);
+    if !keep {
+        q = q
+            .bind(new_secret.map(|s| sbox.seal(id, s)))
+            .bind(new_secret.map(hint));
+    }
+    let r = q.execute(db).await?;
     Ok(r.rows_affected() > 0)
 }
 

@@ -64,28 +64,8 @@ pub fn build(samples: &[LinkSample], now_ms: i64, window_ms: i64) -> Chart {
             Series {
                 link: link.to_string(),
                 colour: COLOURS[i % COLOURS.len()],
-                kbps_points: pts
-                    .iter()
-                    .map(|s| {
-                        format!(
-                            "{},{}",
-                            x(s.ts).round() as i64,
-                            y(s.kbps, max_kbps).round() as i64
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(" "),
-                rtt_points: pts
-                    .iter()
-                    .map(|s| {
-                        format!(
-                            "{},{}",
-                            x(s.ts).round() as i64,
-                            y(s.rtt_ms, max_rtt).round() as i64
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(" "),
+                kbps_points: polyline(&pts, |s| (x(s.ts), y(s.kbps, max_kbps))),
+                rtt_points: polyline(&pts, |s| (x(s.ts), y(s.rtt_ms, max_rtt))),
                 last_kbps: last.kbps,
                 last_rtt: last.rtt_ms,
                 last_loss: last.loss_permille,
@@ -98,6 +78,18 @@ pub fn build(samples: &[LinkSample], now_ms: i64, window_ms: i64) -> Chart {
         max_rtt,
         window_s: window_ms / 1000,
     }
+}
+
+/// SVG `points` of samples placed by `at` (whole units: the chart is 600 wide).
+fn polyline(samples: &[&LinkSample], at: impl Fn(&LinkSample) -> (f64, f64)) -> String {
+    let pts: Vec<String> = samples
+        .iter()
+        .map(|s| {
+            let (x, y) = at(s);
+            format!("{},{}", x.round() as i64, y.round() as i64)
+        })
+        .collect();
+    pts.join(" ")
 }
 
 /// Rounds up to 1, 2 or 5 times a power of ten (values are capped at 10^12:
