@@ -21,8 +21,10 @@
 //!   PostgreSQL differ (ids are TEXT, times BIGINT milliseconds).
 
 pub mod auth;
+pub mod broker;
 pub mod ca;
 pub mod config;
+pub mod control;
 pub mod datadir;
 pub mod db;
 pub mod secrets;
