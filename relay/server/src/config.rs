@@ -35,8 +35,11 @@ pub struct Config {
     /// MQTT broker host devices are told to connect to; empty means the
     /// host of `public_url`.
     pub broker_host: String,
-    /// MQTT broker TLS port devices are told to connect to.
+    /// MQTT broker TLS port devices are told to connect to; 0 means the
+    /// port `broker_listen` is bound to.
     pub broker_port: u16,
+    /// Address the embedded MQTT broker (mutual TLS) listens on.
+    pub broker_listen: SocketAddr,
     /// Lifetime of device certificates, days (renewed over MQTT before expiry).
     pub device_cert_days: u32,
 }
@@ -54,7 +57,8 @@ impl Default for Config {
             login_attempts_per_minute: 5,
             public_url: String::new(),
             broker_host: String::new(),
-            broker_port: 8883,
+            broker_port: 0,
+            broker_listen: "127.0.0.1:8883".parse().expect("valid default"),
             device_cert_days: 30,
         }
     }

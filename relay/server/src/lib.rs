@@ -27,6 +27,7 @@ pub mod config;
 pub mod control;
 pub mod datadir;
 pub mod db;
+pub mod registry;
 pub mod secrets;
 pub mod store;
 pub mod web;

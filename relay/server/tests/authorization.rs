@@ -105,6 +105,12 @@ fn routes() -> Vec<Route> {
         page("GET", "/o/{org}/tokens", Owner, ""),
         page("POST", "/o/{org}/tokens", Owner, "name=ci&role=viewer"),
         page("POST", "/o/{org}/tokens/{token}/revoke", Owner, ""),
+        page(
+            "POST",
+            "/o/{org}/senders/{sender}/revoke",
+            Owner,
+            "confirm=yes",
+        ),
         api_route("GET", "/api/v1/o/{org}/senders", Viewer, ""),
         api_route("GET", "/api/v1/o/{org}/senders/{sender}", Viewer, ""),
         api_route(
@@ -119,6 +125,7 @@ fn routes() -> Vec<Route> {
             Viewer,
             "",
         ),
+        api_route("POST", "/api/v1/o/{org}/senders/{sender}/revoke", Owner, ""),
         api_route("GET", "/api/v1/o/{org}/destinations", Viewer, ""),
         api_route("POST", "/api/v1/o/{org}/destinations", Operator, DEST_JSON),
         api_route(

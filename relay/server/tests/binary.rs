@@ -13,6 +13,7 @@ fn relay(data: &Path) -> Command {
     let mut c = Command::new(BIN);
     c.env("STRATA_RELAY_DATA_DIR", data)
         .env("STRATA_RELAY_LISTEN", "127.0.0.1:0")
+        .env("STRATA_RELAY_BROKER_LISTEN", "127.0.0.1:0")
         .env_remove("STRATA_RELAY_CONFIG");
     c
 }

@@ -26,7 +26,8 @@ async fn log_in_add_destination_change_settings_log_out() {
     let data = tmp.path().join("data");
     let env = |c: &mut Command| {
         c.env("STRATA_RELAY_DATA_DIR", &data)
-            .env("STRATA_RELAY_LISTEN", "127.0.0.1:0");
+            .env("STRATA_RELAY_LISTEN", "127.0.0.1:0")
+            .env("STRATA_RELAY_BROKER_LISTEN", "127.0.0.1:0");
     };
     let mut add = Command::new(BIN);
     env(&mut add);

@@ -37,8 +37,9 @@ pub const CONTROL_CLIENT_ID: &str = "_strata-relay";
 /// A TLS handshake must finish this soon (a silent client must not hold a slot).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Builds router links; errors as text (rumqttd's error type is 800 bytes).
 type LinkFactory =
-    Arc<dyn Fn(&str, bool) -> Result<(LinkTx, LinkRx, Notification), LinkError> + Send + Sync>;
+    Arc<dyn Fn(&str, bool) -> Result<(LinkTx, LinkRx, Notification), String> + Send + Sync>;
 
 /// A live session's handle: cancelled to cut the device off.
 #[derive(Clone)]
@@ -111,6 +112,7 @@ impl Broker {
             LinkBuilder::new(client_id, router_tx.clone())
                 .clean_session(clean)
                 .build()
+                .map_err(|e: LinkError| e.to_string())
         });
         let (wills_tx, wills_rx, _) = blocking_link(&links, "_strata-wills", true).await?;
         tokio::spawn(drain(wills_rx));

@@ -4,6 +4,7 @@
 
 pub mod accounts;
 pub mod destinations;
+pub mod devices;
 pub mod enrollments;
 pub mod senders;
 pub mod sessions;

@@ -23,6 +23,8 @@ pub struct SenderRow {
     pub inventory: String,
     /// Encoder settings JSON.
     pub settings: String,
+    /// When the owner revoked it (the broker refuses it from then on).
+    pub revoked_at: Option<i64>,
 }
 
 /// What a device reported about its hardware.
@@ -166,7 +168,8 @@ impl SenderRow {
     }
 }
 
-const COLUMNS: &str = "id, name, online, last_seen_at, current_stream_id, inventory, settings";
+const COLUMNS: &str =
+    "id, name, online, last_seen_at, current_stream_id, inventory, settings, revoked_at";
 
 /// Creates a sender (enrollment does this; tests and benchmarks too).
 pub async fn create(
@@ -236,6 +239,15 @@ pub async fn set_settings(
         .execute(db)
         .await?;
     Ok(r.rows_affected() > 0)
+}
+
+/// A sender's stored encoder settings (for the device plane: any organization).
+pub async fn settings_of(db: &Db, id: &str) -> sqlx::Result<Option<EncoderSettings>> {
+    let row: Option<(String,)> = sqlx::query_as("SELECT settings FROM senders WHERE id = $1")
+        .bind(id)
+        .fetch_optional(db)
+        .await?;
+    Ok(row.map(|(s,)| serde_json::from_str(&s).unwrap_or_default()))
 }
 
 /// Records presence (the device plane calls this on status messages).
@@ -333,6 +345,80 @@ pub async fn telemetry_buckets(
     .bind(bucket_ms)
     .fetch_all(db)
     .await
+}
+
+/// What the agent reports, as the dashboard shows it.
+impl From<&strata_proto::message::Inventory> for Inventory {
+    fn from(inv: &strata_proto::message::Inventory) -> Self {
+        use strata_proto::message::{InputKind, LinkKind, SimState};
+        Inventory {
+            links: inv
+                .links
+                .iter()
+                .map(|l| LinkInfo {
+                    name: l.name.clone(),
+                    kind: match l.kind {
+                        LinkKind::Cellular => "cellular",
+                        LinkKind::Ethernet => "ethernet",
+                        LinkKind::Wifi => "wifi",
+                        LinkKind::Other => "other",
+                    }
+                    .into(),
+                    up: l.up,
+                })
+                .collect(),
+            modems: inv
+                .modems
+                .iter()
+                .map(|m| ModemInfo {
+                    model: format!("{} {}", m.manufacturer, m.model).trim().to_string(),
+                    operator: m.operator.clone().unwrap_or_default(),
+                    technology: m.access_tech.clone(),
+                    signal_percent: m.signal_percent,
+                    sim: match m.sim {
+                        SimState::Missing => "missing",
+                        SimState::Locked => "locked",
+                        SimState::Ready => "ready",
+                        SimState::Unknown => "unknown",
+                    }
+                    .into(),
+                    interface: m.interface.clone().unwrap_or_default(),
+                })
+                .collect(),
+            inputs: inv
+                .inputs
+                .iter()
+                .map(|i| InputInfo {
+                    id: i.id.clone(),
+                    kind: match i.kind {
+                        InputKind::V4l2 => "v4l2",
+                        InputKind::File => "file",
+                        InputKind::TestPattern => "test",
+                    }
+                    .into(),
+                    name: i.name.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The settings as the agent takes them.
+impl From<&EncoderSettings> for strata_proto::message::EncoderSettings {
+    fn from(s: &EncoderSettings) -> Self {
+        strata_proto::message::EncoderSettings {
+            input: s.input.clone(),
+            codec: match s.codec {
+                Codec::H264 => strata_proto::message::Codec::H264,
+                Codec::H265 => strata_proto::message::Codec::H265,
+            },
+            height: s.height,
+            fps: s.fps,
+            min_kbps: s.min_kbps,
+            max_kbps: s.max_kbps,
+            audio: s.audio,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -31,6 +31,10 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/o/{org}/senders/{id}/settings", put(put_settings))
         .route("/api/v1/o/{org}/senders/{id}/telemetry", get(telemetry))
         .route(
+            "/api/v1/o/{org}/senders/{id}/revoke",
+            axum::routing::post(revoke_sender),
+        )
+        .route(
             "/api/v1/o/{org}/destinations",
             get(list_destinations).post(create_destination),
         )
@@ -157,6 +161,8 @@ async fn put_settings(
         .map_err(AppError::BadRequest)?;
     senders::set_settings(&state.db, &c.org.id, &id, &settings).await?;
     super::pages_senders::forget_senders(&state);
+    // Stored either way; an online device gets them now, others when they connect.
+    crate::registry::push_settings_later(state.clone(), id);
     Ok(Json(settings))
 }
 
@@ -394,6 +400,22 @@ async fn create_token(
     Ok((StatusCode::CREATED, Json(CreatedToken { id, token })))
 }
 
+#[utoipa::path(post, path = "/api/v1/o/{org}/senders/{id}/revoke", params(("org" = String, Path), ("id" = String, Path)), responses((status = 204), (status = 403), (status = 404)), security(("bearer" = [])))]
+async fn revoke_sender(
+    State(state): State<AppState>,
+    ApiCaller(c): ApiCaller,
+    Path(ids): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let id = ids.1;
+    c.require(Role::Owner)?;
+    if crate::registry::revoke(&state, &c.org.id, &id).await? {
+        super::pages_senders::forget_senders(&state);
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(AppError::NotFound.into())
+    }
+}
+
 #[utoipa::path(delete, path = "/api/v1/o/{org}/tokens/{id}", params(("org" = String, Path), ("id" = String, Path)), responses((status = 204), (status = 403), (status = 404)), security(("bearer" = [])))]
 async fn revoke_token(
     State(state): State<AppState>,
@@ -426,7 +448,7 @@ impl Modify for BearerAuth {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Strata relay API", description = "Senders, destinations, streams, members and tokens of one organization. Authenticate with `Authorization: Bearer strata_...`."),
-    paths(list_senders, get_sender, put_settings, telemetry, list_destinations, create_destination, update_destination, delete_destination, list_streams, list_members, add_member, set_member_role, remove_member, list_tokens, create_token, revoke_token),
+    paths(list_senders, get_sender, put_settings, telemetry, revoke_sender, list_destinations, create_destination, update_destination, delete_destination, list_streams, list_members, add_member, set_member_role, remove_member, list_tokens, create_token, revoke_token),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

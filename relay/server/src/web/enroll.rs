@@ -137,7 +137,7 @@ pub async fn token(
                 ca_pem: state.ca.ca_pem().to_string(),
                 broker: BrokerAddress {
                     host: state.config.broker_host(),
-                    port: state.config.broker_port,
+                    port: state.broker_port(),
                 },
                 not_after_ms: not_after as u64,
             };

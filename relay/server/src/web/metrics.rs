@@ -37,6 +37,8 @@ pub struct Metrics {
     pub logins: Family<LoginLabels, Counter>,
     /// Requests refused for a missing or wrong CSRF token.
     pub csrf_rejected: Counter,
+    /// Device messages dropped (malformed, unknown device, wrong topic).
+    pub device_messages_dropped: Counter,
     senders: Gauge,
     senders_online: Gauge,
 }
@@ -47,6 +49,7 @@ impl Default for Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         let logins = Family::<LoginLabels, Counter>::default();
         let csrf_rejected = Counter::default();
+        let device_messages_dropped = Counter::default();
         let senders = Gauge::default();
         let senders_online = Gauge::default();
         registry.register(
@@ -60,6 +63,11 @@ impl Default for Metrics {
             "Requests refused for a bad CSRF token",
             csrf_rejected.clone(),
         );
+        registry.register(
+            "device_messages_dropped",
+            "Device messages dropped: malformed, unknown device or wrong topic",
+            device_messages_dropped.clone(),
+        );
         registry.register("senders", "Senders in the database", senders.clone());
         registry.register(
             "senders_online",
@@ -71,6 +79,7 @@ impl Default for Metrics {
             requests,
             logins,
             csrf_rejected,
+            device_messages_dropped,
             senders,
             senders_online,
         }

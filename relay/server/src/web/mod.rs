@@ -27,7 +27,7 @@ use axum::routing::{get, post};
 use tower_http::set_header::SetResponseHeaderLayer;
 
 pub use error::{ApiError, ApiJson, AppError, Form};
-pub use serve::{serve, state};
+pub use serve::{device_plane, serve, state};
 
 use crate::auth::{AuthCache, Csrf, LoginLimiter, csrf_guard};
 use crate::config::Config;
@@ -79,10 +79,25 @@ pub struct Relay {
     pub data_dir: PathBuf,
     /// Signs device certificates.
     pub ca: crate::ca::DeviceCa,
+    /// What the relay knows of devices, and their control channel.
+    pub devices: crate::registry::Registry,
     /// Enrollment requests per client address.
     pub enroll_limiter: governor::DefaultKeyedRateLimiter<std::net::IpAddr>,
     /// Claim attempts (user-code guesses) per user.
     pub claim_limiter: governor::DefaultKeyedRateLimiter<String>,
+}
+
+impl Relay {
+    /// The broker port devices are told: configured, else the embedded broker's.
+    pub fn broker_port(&self) -> u16 {
+        if self.config.broker_port != 0 {
+            return self.config.broker_port;
+        }
+        self.devices
+            .broker()
+            .map(|b| b.local_addr().port())
+            .unwrap_or(self.config.broker_listen.port())
+    }
 }
 
 /// The state axum hands to handlers.
@@ -117,6 +132,7 @@ pub fn router(state: AppState) -> Router {
             "/o/{org}/senders/{id}/settings",
             get(pages_senders::settings_redirect).post(pages_senders::save_settings),
         )
+        .route("/o/{org}/senders/{id}/revoke", post(pages_senders::revoke))
         .route("/o/{org}/senders/{id}/live", get(live::sender_detail))
         .route(
             "/o/{org}/destinations",

@@ -12,6 +12,7 @@ use super::layout::{Nav, nav};
 use super::{AppError, AppState, Form};
 use crate::auth::Caller;
 use crate::now_ms;
+use crate::registry::{self, Delivery};
 use crate::store::accounts::Role;
 use crate::store::senders::{
     self, Codec, EncoderSettings, FRAME_RATES, HEIGHTS, Inventory, SenderRow,
@@ -34,6 +35,8 @@ pub struct SenderView {
     pub last_seen: String,
     /// Whether a stream is running.
     pub streaming: bool,
+    /// Whether the owner revoked it.
+    pub revoked: bool,
 }
 
 impl SenderView {
@@ -45,6 +48,7 @@ impl SenderView {
             online: s.online != 0,
             last_seen: ago(now, s.last_seen_at),
             streaming: s.current_stream_id.is_some(),
+            revoked: s.revoked_at.is_some(),
         }
     }
 }
@@ -215,21 +219,31 @@ impl ChartFragment {
         sender: &str,
     ) -> Result<std::sync::Arc<String>, AppError> {
         let key = (org.to_string(), sender.to_string());
-        let (db, org_id, sender_id) = (state.db.clone(), org.to_string(), sender.to_string());
+        let (state2, org_id, sender_id) = (state.clone(), org.to_string(), sender.to_string());
         state
             .charts
             .get(key, move || {
-                let (db, org_id, sender_id) = (db.clone(), org_id.clone(), sender_id.clone());
+                let (state, org_id, sender_id) =
+                    (state2.clone(), org_id.clone(), sender_id.clone());
                 async move {
                     let now = now_ms();
-                    let samples = senders::telemetry_buckets(
-                        &db,
+                    let since = now - CHART_WINDOW_MS;
+                    // Full rate from memory where the registry has it; the
+                    // database's averaged history before that (after a restart).
+                    let recent = state.devices.telemetry.since(&sender_id, since);
+                    let db_until = recent.first().map_or(i64::MAX, |s| s.ts);
+                    let mut samples: Vec<_> = senders::telemetry_buckets(
+                        &state.db,
                         &org_id,
                         &sender_id,
-                        now - CHART_WINDOW_MS,
+                        since,
                         CHART_BUCKET_MS,
                     )
-                    .await?;
+                    .await?
+                    .into_iter()
+                    .filter(|s| s.ts < db_until)
+                    .collect();
+                    samples.extend(recent);
                     let html = ChartFragment {
                         chart: chart::build(&samples, now, CHART_WINDOW_MS),
                     }
@@ -261,10 +275,16 @@ struct DetailPage {
     error: String,
 }
 
+/// How long saving settings waits for the device to confirm them.
+const APPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Query of the sender page.
 #[derive(Deserialize)]
 pub struct DetailQuery {
-    saved: Option<u8>,
+    /// What became of saved settings: applied, offline, noanswer.
+    saved: Option<String>,
+    /// Set after a revocation.
+    revoked: Option<u8>,
 }
 
 async fn detail_page(
@@ -318,10 +338,14 @@ pub async fn detail(
     Path((_, id)): Path<(String, String)>,
     Query(q): Query<DetailQuery>,
 ) -> Result<Response, AppError> {
-    let msg = if q.saved.is_some() {
-        "Settings saved."
-    } else {
-        ""
+    let msg = match (q.saved.as_deref(), q.revoked) {
+        (_, Some(_)) => "Device revoked: it can no longer connect.",
+        (Some("applied"), _) => "Settings saved and applied on the device.",
+        (Some("offline"), _) => {
+            "Settings saved. The device is offline and gets them when it connects."
+        }
+        (Some(_), _) => "Settings saved, but the device did not confirm them yet.",
+        _ => "",
     };
     let page = detail_page(&state, &caller, &id, None, msg, "").await?;
     Ok(Html(page.render()?).into_response())
@@ -376,7 +400,48 @@ pub async fn save_settings(
     senders::set_settings(&state.db, &caller.org.id, &id, &settings).await?;
     forget_senders(&state);
     tracing::info!(org = %caller.org.id, sender = %id, user = %caller.user.email, "encoder settings changed");
-    Ok(Redirect::to(&format!("/o/{}/senders/{}?saved=1", caller.org.id, id)).into_response())
+    let saved = match registry::apply_settings(&state, &id, &settings, APPLY_WAIT).await {
+        Delivery::Applied => "applied",
+        Delivery::Offline => "offline",
+        Delivery::NoAnswer(_) => "noanswer",
+        Delivery::Refused(why) => {
+            let error = format!("Settings saved, but the device could not apply them: {why}");
+            let page = detail_page(&state, &caller, &id, Some(settings), "", &error).await?;
+            return Ok(Html(page.render()?).into_response());
+        }
+    };
+    Ok(Redirect::to(&format!(
+        "/o/{}/senders/{}?saved={saved}",
+        caller.org.id, id
+    ))
+    .into_response())
+}
+
+/// The revocation form.
+#[derive(Deserialize)]
+pub struct RevokeForm {
+    confirm: Option<String>,
+}
+
+/// POST /o/{org}/senders/{id}/revoke: the device is refused from now on.
+pub async fn revoke(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((_, id)): Path<(String, String)>,
+    Form(form): Form<RevokeForm>,
+) -> Result<Response, AppError> {
+    caller.require(Role::Owner)?;
+    if form.confirm.is_none() {
+        return Err(AppError::BadRequest(
+            "tick the box to confirm the revocation".into(),
+        ));
+    }
+    if !registry::revoke(&state, &caller.org.id, &id).await? {
+        return Err(AppError::NotFound);
+    }
+    forget_senders(&state);
+    tracing::info!(org = %caller.org.id, sender = %id, user = %caller.user.email, "device revoked");
+    Ok(Redirect::to(&format!("/o/{}/senders/{}?revoked=1", caller.org.id, id)).into_response())
 }
 
 #[cfg(test)]

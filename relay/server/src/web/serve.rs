@@ -10,8 +10,11 @@ use axum_server::tls_rustls::RustlsConfig;
 
 use super::{AppState, Relay, metrics::Metrics, router};
 use crate::auth::{AuthCache, Csrf, LoginLimiter};
+use crate::broker::{Broker, BrokerSetup};
 use crate::config::Config;
+use crate::control::ControlPlane;
 use crate::datadir::DataDir;
+use crate::registry;
 use crate::secrets::SecretBox;
 use crate::{db, store};
 
@@ -38,11 +41,39 @@ pub async fn state(config: Config) -> anyhow::Result<(AppState, DataDir)> {
         metrics: Metrics::default(),
         data_dir: dir.path.clone(),
         ca: crate::ca::DeviceCa::open_or_create(&dir.path.join("ca"))?,
+        devices: Default::default(),
         enroll_limiter: governor::RateLimiter::keyed(governor::Quota::per_minute(nonzero(20))),
         claim_limiter: governor::RateLimiter::keyed(governor::Quota::per_minute(nonzero(10))),
         config,
     });
     Ok((state, dir))
+}
+
+/// Starts the embedded broker (revoked devices refused from the start), the
+/// relay's control link to it and the registry that handles what devices send.
+pub async fn device_plane(state: &AppState) -> anyhow::Result<()> {
+    let revoked = store::devices::revoked(&state.db).await?;
+    // Presence is rebuilt from what devices say once they reconnect.
+    store::devices::all_offline(&state.db).await?;
+    let mut names = vec![
+        state.config.broker_host(),
+        "localhost".into(),
+        "127.0.0.1".into(),
+    ];
+    names.dedup();
+    let (cert, key) = state.ca.sign_server(&names, 397)?;
+    let broker = Broker::start(BrokerSetup {
+        listen: state.config.broker_listen,
+        ca_pem: state.ca.ca_pem(),
+        cert_pem: &cert.cert_pem,
+        key_pem: &key,
+        revoked: revoked.into_iter().collect(),
+    })
+    .await?;
+    let (control, inbound) = ControlPlane::embedded(&broker).await?;
+    state.devices.attach(Some(broker), control);
+    tokio::spawn(registry::run(state.clone(), inbound));
+    Ok(())
 }
 
 /// Hourly: drop expired sessions and enrollments, and forget rate-limit
@@ -74,6 +105,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let tls = RustlsConfig::from_pem_file(&cert, &key)
         .await
         .with_context(|| format!("loading TLS certificate {} and key", cert.display()))?;
+
+    device_plane(&state).await?;
+    if let Some(b) = state.devices.broker() {
+        println!("strata-relay device broker on mqtts://{}", b.local_addr());
+    }
 
     let housekeeping = state.clone();
     tokio::spawn(async move {

@@ -50,7 +50,7 @@ try {
   await page.selectOption('#fps', '25');
   await page.selectOption('#codec', 'h265');
   await page.fill('#max_kbps', '4500');
-  await Promise.all([page.waitForURL(/saved=1$/), page.click('text=Save settings')]);
+  await Promise.all([page.waitForURL(/saved=offline$/), page.click('text=Save settings')]);
   if (!(await page.textContent('[role=status]')).includes('Settings saved')) fail('no confirmation');
   if ((await page.inputValue('#height')) !== '1080' || (await page.inputValue('#max_kbps')) !== '4500') fail('settings not kept');
   // A bad value is refused with the reason, and the form keeps what was typed.

@@ -1,0 +1,315 @@
+//! The device registry: turns what devices publish into what the relay
+//! knows (presence, last seen, inventory, telemetry), sends them commands
+//! and waits for replies, renews their certificates and revokes them.
+//!
+//! Data flow: broker (embedded or external) -> [`crate::control`] ->
+//! [`run`] -> one [`handle`] per message -> database and [`LiveTelemetry`].
+
+pub mod commands;
+pub mod telemetry;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use strata_proto::envelope::{self, DecodeError};
+use strata_proto::message::{
+    Command, CommandBody, DeviceMessage, EventKind, Outcome, RelayMessage, Status,
+};
+use strata_proto::topic::{self, Kind};
+use tokio::sync::mpsc;
+
+use crate::broker::Broker;
+use crate::control::{ControlPlane, Inbound};
+use crate::now_ms;
+use crate::store::senders::{self, LinkSample};
+use crate::store::{self, devices};
+use crate::web::{AppState, Relay};
+pub use telemetry::LiveTelemetry;
+
+/// How long a command waits for its reply.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the registry holds in memory.
+#[derive(Default)]
+pub struct Registry {
+    broker: OnceLock<Arc<Broker>>,
+    control: OnceLock<ControlPlane>,
+    online: Mutex<HashSet<String>>,
+    /// Recent telemetry per device.
+    pub telemetry: LiveTelemetry,
+    pending: commands::Pending,
+}
+
+/// Why a message from a device was dropped.
+#[derive(Debug, thiserror::Error)]
+pub enum HandleError {
+    /// Not a Strata device topic.
+    #[error("not a device topic: {0}")]
+    Topic(String),
+    /// No such device (or revoked).
+    #[error("unknown or revoked device {0}")]
+    Device(String),
+    /// Bad payload.
+    #[error("malformed payload: {0}")]
+    Decode(#[from] DecodeError),
+    /// A message of one kind on another kind's topic.
+    #[error("a {0} topic carried another kind of message")]
+    Mismatch(&'static str),
+    /// Storing it failed.
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+/// Why a command did not get an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The relay has no control plane (not started with a broker).
+    #[error("the device plane is not running")]
+    NoControlPlane,
+    /// The device is not connected.
+    #[error("the device is offline")]
+    Offline,
+    /// No reply in time.
+    #[error("the device did not answer within {0:?}")]
+    Timeout(Duration),
+    /// Publishing failed.
+    #[error("sending the command failed: {0}")]
+    Publish(anyhow::Error),
+}
+
+impl Registry {
+    /// Connects the registry to a running broker and control plane.
+    pub fn attach(&self, broker: Option<Arc<Broker>>, control: ControlPlane) {
+        if let Some(b) = broker {
+            let _ = self.broker.set(b);
+        }
+        let _ = self.control.set(control);
+    }
+
+    /// The embedded broker, if this relay runs one.
+    pub fn broker(&self) -> Option<&Arc<Broker>> {
+        self.broker.get()
+    }
+
+    /// Whether a device's control channel is up (by its last status).
+    pub fn is_online(&self, device_id: &str) -> bool {
+        self.online.lock().expect("online").contains(device_id)
+    }
+
+    fn set_online(&self, device_id: &str, online: bool) {
+        let mut set = self.online.lock().expect("online");
+        if online {
+            set.insert(device_id.to_string());
+        } else {
+            set.remove(device_id);
+        }
+    }
+
+    /// Publishes a command without waiting; returns its id.
+    async fn send(&self, device_id: &str, id: u64, body: CommandBody) -> Result<(), CommandError> {
+        let control = self.control.get().ok_or(CommandError::NoControlPlane)?;
+        let payload = envelope::encode(&RelayMessage::Command(Command { id, body }));
+        control
+            .publish(topic::topic(device_id, Kind::Command), payload)
+            .await
+            .map_err(CommandError::Publish)
+    }
+
+    /// Sends a command to an online device and waits for its reply.
+    pub async fn command(
+        &self,
+        device_id: &str,
+        body: CommandBody,
+        timeout: Duration,
+    ) -> Result<Outcome, CommandError> {
+        if self.control.get().is_none() {
+            return Err(CommandError::NoControlPlane);
+        }
+        if !self.is_online(device_id) {
+            return Err(CommandError::Offline);
+        }
+        let (id, reply) = self.pending.open(device_id);
+        if let Err(e) = self.send(device_id, id, body).await {
+            self.pending.abandon(device_id, id);
+            return Err(e);
+        }
+        match tokio::time::timeout(timeout, reply).await {
+            Ok(Ok(outcome)) => Ok(outcome),
+            _ => {
+                self.pending.abandon(device_id, id);
+                Err(CommandError::Timeout(timeout))
+            }
+        }
+    }
+
+    /// Revokes a device: refused by the broker from now on, cut off if connected.
+    pub fn revoke(&self, device_id: &str) {
+        if let Some(b) = self.broker.get() {
+            b.revoke(device_id);
+        }
+        self.set_online(device_id, false);
+        self.telemetry.forget(device_id);
+    }
+}
+
+/// Handles device messages until the control plane closes.
+pub async fn run(state: AppState, mut inbound: mpsc::Receiver<Inbound>) {
+    while let Some(msg) = inbound.recv().await {
+        if let Err(e) = handle(&state, &msg).await {
+            tracing::warn!(topic = %msg.topic, error = %e, "device message dropped");
+            state.metrics.device_messages_dropped.inc();
+        }
+    }
+    tracing::error!("control plane closed: device messages are no longer handled");
+}
+
+/// Handles one message from a device.
+pub async fn handle(state: &Arc<Relay>, msg: &Inbound) -> Result<(), HandleError> {
+    let (device, kind) =
+        topic::parse(&msg.topic).ok_or_else(|| HandleError::Topic(msg.topic.clone()))?;
+    match devices::owner(&state.db, device).await? {
+        Some((_, false)) => {}
+        _ => return Err(HandleError::Device(device.to_string())),
+    }
+    let message: DeviceMessage = envelope::decode(&msg.payload)?;
+    let now = now_ms();
+    match (kind, message) {
+        (Kind::Status, DeviceMessage::Status(s)) => status(state, device, s, now).await?,
+        (Kind::Inventory, DeviceMessage::Inventory(inv)) => {
+            devices::set_inventory(&state.db, device, &senders::Inventory::from(&inv)).await?;
+        }
+        (Kind::Telemetry, DeviceMessage::Telemetry(t)) => {
+            let samples: Vec<LinkSample> = t
+                .links
+                .iter()
+                .map(|l| LinkSample {
+                    // The relay's clock: device clocks may be off.
+                    ts: now,
+                    link: l.name.clone(),
+                    kbps: i64::from(l.kbps),
+                    rtt_ms: i64::from(l.rtt_ms),
+                    loss_permille: i64::from(l.loss_permille),
+                })
+                .collect();
+            if let Some(avg) = state.devices.telemetry.add(device, &samples) {
+                senders::record_telemetry(&state.db, device, &avg).await?;
+                devices::seen(&state.db, device, now).await?;
+            }
+        }
+        (Kind::Reply, DeviceMessage::Reply(r)) => {
+            if !state.devices.pending.resolve(device, r.id, r.outcome) {
+                tracing::debug!(device, id = r.id, "reply nobody waits for");
+            }
+        }
+        (Kind::Event, DeviceMessage::Event(e)) => event(device, &e.kind),
+        (Kind::Renew, DeviceMessage::Renew { csr_pem }) => renew(state, device, &csr_pem).await?,
+        (kind, _) => return Err(HandleError::Mismatch(kind.as_str())),
+    }
+    Ok(())
+}
+
+async fn status(state: &Arc<Relay>, device: &str, s: Status, now: i64) -> sqlx::Result<()> {
+    senders::set_presence(&state.db, device, s.online, now).await?;
+    let was = state.devices.is_online(device);
+    state.devices.set_online(device, s.online);
+    tracing::info!(device, online = s.online, agent = %s.agent_version, "device status");
+    if s.online && !was {
+        // The owner may have changed settings while it was away.
+        push_settings_later(state.clone(), device.to_string());
+    }
+    Ok(())
+}
+
+fn event(device: &str, kind: &EventKind) {
+    tracing::info!(device, event = ?kind, "device event");
+}
+
+/// What became of settings sent to a device.
+#[derive(Debug, PartialEq)]
+pub enum Delivery {
+    /// The device applied them.
+    Applied,
+    /// The device is offline; it gets them when it next connects.
+    Offline,
+    /// The device answered that it could not apply them.
+    Refused(String),
+    /// No answer (timeout, or no device plane).
+    NoAnswer(String),
+}
+
+/// Sends settings to a device and waits (briefly) for its answer.
+pub async fn apply_settings(
+    state: &Relay,
+    device: &str,
+    settings: &senders::EncoderSettings,
+    timeout: Duration,
+) -> Delivery {
+    let body = CommandBody::ApplySettings(settings.into());
+    match state.devices.command(device, body, timeout).await {
+        Ok(Outcome::Ok) => Delivery::Applied,
+        Ok(Outcome::Failed(why)) => Delivery::Refused(why),
+        Err(CommandError::Offline) => Delivery::Offline,
+        Err(e) => Delivery::NoAnswer(e.to_string()),
+    }
+}
+
+/// Sends the stored settings to a device in the background (it just came
+/// online, or the API changed them).
+pub fn push_settings_later(state: Arc<Relay>, device: String) {
+    tokio::spawn(async move {
+        let settings = match store::senders::settings_of(&state.db, &device).await {
+            Ok(Some(s)) => s,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(device, error = %e, "reading settings to push failed");
+                return;
+            }
+        };
+        match apply_settings(&state, &device, &settings, REPLY_TIMEOUT).await {
+            Delivery::Applied => tracing::info!(device, "settings applied on the device"),
+            Delivery::Offline => {}
+            other => tracing::warn!(device, result = ?other, "pushing settings failed"),
+        }
+    });
+}
+
+/// Signs a renewal CSR and sends the certificate back as a command.
+async fn renew(state: &Arc<Relay>, device: &str, csr_pem: &str) -> Result<(), HandleError> {
+    let issued = match state
+        .ca
+        .sign_device(csr_pem, device, state.config.device_cert_days)
+    {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::warn!(device, error = %e, "renewal CSR refused");
+            return Ok(());
+        }
+    };
+    devices::record_certificate(&state.db, device, &issued.serial, issued.not_after_ms).await?;
+    tracing::info!(device, serial = %issued.serial, "device certificate renewed");
+    let state = state.clone();
+    let device = device.to_string();
+    tokio::spawn(async move {
+        let body = CommandBody::CertificateIssued {
+            chain_pem: issued.cert_pem,
+        };
+        // Renewal requests come from a connected device; wait for it to take it.
+        match state.devices.command(&device, body, REPLY_TIMEOUT).await {
+            Ok(Outcome::Ok) => tracing::info!(device, "device installed its renewed certificate"),
+            other => tracing::warn!(device, result = ?other, "renewed certificate not confirmed"),
+        }
+    });
+    Ok(())
+}
+
+/// Revokes one of the organization's devices: recorded in the database, then
+/// refused by the broker and cut off; false if the organization has no such device.
+pub async fn revoke(state: &Relay, org_id: &str, device_id: &str) -> sqlx::Result<bool> {
+    if !devices::revoke(&state.db, org_id, device_id).await? {
+        return Ok(false);
+    }
+    state.devices.revoke(device_id);
+    tracing::info!(device = device_id, "device revoked");
+    Ok(true)
+}
