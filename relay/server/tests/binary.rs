@@ -50,7 +50,13 @@ fn serve(data: &Path) -> Server {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = lines.next().expect("a line on stdout").unwrap();
+    // The device broker's line comes first, then the dashboard's.
+    let broker = lines.next().expect("a line on stdout").unwrap();
+    assert!(
+        broker.starts_with("strata-relay device broker on mqtts://127.0.0.1:"),
+        "{broker}"
+    );
+    let line = lines.next().expect("a second line on stdout").unwrap();
     let url = line
         .strip_prefix("strata-relay listening on ")
         .expect("listening line")

@@ -99,8 +99,8 @@ async fn log_in_add_destination_change_settings_log_out() {
         .unwrap();
     let line = BufReader::new(server.stdout.take().unwrap())
         .lines()
-        .next()
-        .unwrap()
+        .map(|l| l.unwrap())
+        .find(|l| l.starts_with("strata-relay listening on "))
         .unwrap();
     let url = line
         .strip_prefix("strata-relay listening on ")
