@@ -42,6 +42,24 @@ pub struct Config {
     pub broker_listen: SocketAddr,
     /// Lifetime of device certificates, days (renewed over MQTT before expiry).
     pub device_cert_days: u32,
+    /// Address receiver workers bind their RIST ports on.
+    pub rist_bind: std::net::IpAddr,
+    /// Host devices send RIST to; empty means the broker host.
+    pub rist_host: String,
+    /// First UDP port of the RIST port pool.
+    pub rist_port_first: u16,
+    /// Last UDP port of the RIST port pool.
+    pub rist_port_last: u16,
+    /// The strata-receiver binary; empty means next to strata-relay, else the PATH.
+    pub receiver_bin: Option<PathBuf>,
+    /// A stream with no input for this many seconds is stopped (and the device told).
+    pub stream_no_input_s: u64,
+    /// A stream whose device is offline and sends nothing for this many seconds is stopped.
+    pub stream_offline_grace_s: u64,
+    /// Memory limit of each worker (systemd scope, where systemd runs).
+    pub worker_memory_max: String,
+    /// CPU quota of each worker (systemd scope, where systemd runs).
+    pub worker_cpu_quota: String,
 }
 
 impl Default for Config {
@@ -60,6 +78,15 @@ impl Default for Config {
             broker_port: 0,
             broker_listen: "127.0.0.1:8883".parse().expect("valid default"),
             device_cert_days: 30,
+            rist_bind: "127.0.0.1".parse().expect("valid default"),
+            rist_host: String::new(),
+            rist_port_first: 20_000,
+            rist_port_last: 20_999,
+            receiver_bin: None,
+            stream_no_input_s: 60,
+            stream_offline_grace_s: 30,
+            worker_memory_max: "512M".into(),
+            worker_cpu_quota: "150%".into(),
         }
     }
 }
@@ -81,6 +108,12 @@ impl Config {
         }
         if !(1..=397).contains(&cfg.device_cert_days) {
             anyhow::bail!("device_cert_days must be 1 to 397");
+        }
+        if cfg.rist_port_last < cfg.rist_port_first.saturating_add(3) {
+            anyhow::bail!("rist_port_first..rist_port_last must hold at least two port pairs");
+        }
+        if cfg.stream_no_input_s == 0 {
+            anyhow::bail!("stream_no_input_s must be at least 1");
         }
         if cfg.login_attempts_per_minute == 0 {
             anyhow::bail!("login_attempts_per_minute must be at least 1");
@@ -106,6 +139,15 @@ impl Config {
             .ok()
             .and_then(|u| u.host_str().map(|h| h.trim_matches(['[', ']']).to_string()))
             .unwrap_or_else(|| "localhost".into())
+    }
+
+    /// The host devices send RIST to.
+    pub fn rist_host(&self) -> String {
+        if self.rist_host.is_empty() {
+            self.broker_host()
+        } else {
+            self.rist_host.clone()
+        }
     }
 
     /// The database URL, defaulting to SQLite in the data directory.

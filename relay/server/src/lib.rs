@@ -30,6 +30,7 @@ pub mod db;
 pub mod registry;
 pub mod secrets;
 pub mod store;
+pub mod streaming;
 pub mod web;
 
 /// Milliseconds since the Unix epoch, the time unit of every stored timestamp.

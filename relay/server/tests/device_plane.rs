@@ -8,10 +8,8 @@ mod support;
 
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
+use axum::http::{StatusCode, header};
 use rumqttc::{Packet, QoS};
-use strata_proto::enrollment::{DeviceCredentials, GRANT_TYPE};
 use strata_proto::envelope;
 use strata_proto::message::{
     CommandBody, DeviceMessage, Input, InputKind, Inventory, Link, LinkKind, LinkState,
@@ -23,42 +21,6 @@ use strata_relay::store::senders;
 use support::device::{self, TestDevice};
 use support::{TestApp, test_databases};
 use tokio::sync::mpsc;
-
-fn json(path: &str, body: String) -> Request<Body> {
-    Request::post(path)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from(body))
-        .unwrap()
-}
-
-/// Enrolls a device the way the agent does; the owner claims it into `org`.
-async fn enroll(app: &TestApp, org: &str, owner: &support::Browser) -> (DeviceCredentials, String) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let csr = rcgen::CertificateParams::default()
-        .serialize_request(&key)
-        .unwrap()
-        .pem()
-        .unwrap();
-    let body = serde_json::json!({"csr_pem": csr, "facts": {"model": "Orange Pi 5 Plus", "hostname": "van-7", "agent_version": "0.1.0"}});
-    let (status, _, text) = app
-        .send(json("/enroll/device/authorize", body.to_string()))
-        .await;
-    assert_eq!(status, StatusCode::OK, "{text}");
-    let auth: strata_proto::enrollment::DeviceAuthorizationResponse =
-        serde_json::from_str(&text).unwrap();
-    let form = format!(
-        "code={}&org={org}&name=Van+7&decision=approve",
-        auth.user_code
-    );
-    let (status, _, _) = app.send(owner.post("/claim", &form)).await;
-    assert_eq!(status, StatusCode::SEE_OTHER);
-    let body = serde_json::json!({"grant_type": GRANT_TYPE, "device_code": auth.device_code});
-    let (status, _, text) = app
-        .send(json("/enroll/device/token", body.to_string()))
-        .await;
-    assert_eq!(status, StatusCode::OK, "{text}");
-    (serde_json::from_str(&text).unwrap(), key.serialize_pem())
-}
 
 fn inventory() -> Inventory {
     Inventory {
@@ -171,7 +133,7 @@ async fn enroll_connect_report_command_renew_revoke() {
         let owner = app.member(&org, "owner@example.com", Role::Owner).await;
         let b = app.browser(&owner).await;
 
-        let (creds, key_pem) = enroll(&app, &org.id, &b).await;
+        let (creds, key_pem) = device::enroll(&app, &org.id, &b).await;
         let port = app.state.devices.broker().unwrap().local_addr().port();
         assert_eq!(
             creds.broker.port, port,

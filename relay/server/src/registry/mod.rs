@@ -202,7 +202,7 @@ pub async fn handle(state: &Arc<Relay>, msg: &Inbound) -> Result<(), HandleError
                 tracing::debug!(device, id = r.id, "reply nobody waits for");
             }
         }
-        (Kind::Event, DeviceMessage::Event(e)) => event(device, &e.kind),
+        (Kind::Event, DeviceMessage::Event(e)) => event(state, device, &e.kind).await,
         (Kind::Renew, DeviceMessage::Renew { csr_pem }) => renew(state, device, &csr_pem).await?,
         (kind, _) => return Err(HandleError::Mismatch(kind.as_str())),
     }
@@ -221,8 +221,11 @@ async fn status(state: &Arc<Relay>, device: &str, s: Status, now: i64) -> sqlx::
     Ok(())
 }
 
-fn event(device: &str, kind: &EventKind) {
+async fn event(state: &Relay, device: &str, kind: &EventKind) {
     tracing::info!(device, event = ?kind, "device event");
+    if let EventKind::StreamStopped { stream_id, reason } = kind {
+        crate::streaming::device_stopped(state, device, stream_id, reason).await;
+    }
 }
 
 /// What became of settings sent to a device.

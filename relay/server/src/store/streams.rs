@@ -131,3 +131,102 @@ pub async fn finish(
     .await?;
     tx.commit().await
 }
+
+/// Records the worker of a starting stream.
+pub async fn set_worker(
+    db: &Db,
+    stream_id: &str,
+    ports: &[u16],
+    pid: u32,
+    dir: &str,
+) -> sqlx::Result<()> {
+    let ports = ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    sqlx::query("UPDATE streams SET ports = $1, worker_pid = $2, worker_dir = $3 WHERE id = $4")
+        .bind(ports)
+        .bind(i64::from(pid))
+        .bind(dir)
+        .bind(stream_id)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Moves a stream to another state (starting -> live).
+pub async fn set_state(db: &Db, stream_id: &str, state: &str) -> sqlx::Result<()> {
+    sqlx::query("UPDATE streams SET state = $1 WHERE id = $2 AND ended_at IS NULL")
+        .bind(state)
+        .bind(stream_id)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Updates one output's health from the worker's stats.
+pub async fn set_output(
+    db: &Db,
+    stream_id: &str,
+    destination_id: &str,
+    state: &str,
+    bytes: i64,
+    reconnects: i64,
+    last_error: Option<&str>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE stream_outputs SET state = $1, bytes = $2, reconnects = $3, last_error = COALESCE($4, last_error) \
+         WHERE stream_id = $5 AND destination_id = $6",
+    )
+    .bind(state)
+    .bind(bytes)
+    .bind(reconnects)
+    .bind(last_error)
+    .bind(stream_id)
+    .bind(destination_id)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// A stream that has not ended, with its worker (for re-adoption).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Unfinished {
+    /// Stream id.
+    pub id: String,
+    /// Organization.
+    pub org_id: String,
+    /// Sender.
+    pub sender_id: String,
+    /// RIST ports, comma-separated.
+    pub ports: Option<String>,
+    /// Worker process id.
+    pub worker_pid: Option<i64>,
+    /// Worker directory.
+    pub worker_dir: Option<String>,
+}
+
+/// Every stream that has not ended, in any organization.
+pub async fn unfinished(db: &Db) -> sqlx::Result<Vec<Unfinished>> {
+    sqlx::query_as(
+        "SELECT id, org_id, sender_id, ports, worker_pid, worker_dir FROM streams WHERE ended_at IS NULL",
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// The organization's stream, if it has not ended: (sender id, state).
+pub async fn live_of(
+    db: &Db,
+    org_id: &str,
+    stream_id: &str,
+) -> sqlx::Result<Option<(String, String)>> {
+    sqlx::query_as(
+        "SELECT sender_id, state FROM streams WHERE org_id = $1 AND id = $2 AND ended_at IS NULL",
+    )
+    .bind(org_id)
+    .bind(stream_id)
+    .fetch_optional(db)
+    .await
+}

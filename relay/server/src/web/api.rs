@@ -31,6 +31,14 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/o/{org}/senders/{id}/settings", put(put_settings))
         .route("/api/v1/o/{org}/senders/{id}/telemetry", get(telemetry))
         .route(
+            "/api/v1/o/{org}/senders/{id}/streams",
+            axum::routing::post(super::stream_control::start_api),
+        )
+        .route(
+            "/api/v1/o/{org}/streams/{id}/stop",
+            axum::routing::post(super::stream_control::stop_api),
+        )
+        .route(
             "/api/v1/o/{org}/senders/{id}/revoke",
             axum::routing::post(revoke_sender),
         )
@@ -448,7 +456,7 @@ impl Modify for BearerAuth {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Strata relay API", description = "Senders, destinations, streams, members and tokens of one organization. Authenticate with `Authorization: Bearer strata_...`."),
-    paths(list_senders, get_sender, put_settings, telemetry, revoke_sender, list_destinations, create_destination, update_destination, delete_destination, list_streams, list_members, add_member, set_member_role, remove_member, list_tokens, create_token, revoke_token),
+    paths(list_senders, get_sender, put_settings, telemetry, revoke_sender, super::stream_control::start_api, super::stream_control::stop_api, list_destinations, create_destination, update_destination, delete_destination, list_streams, list_members, add_member, set_member_role, remove_member, list_tokens, create_token, revoke_token),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

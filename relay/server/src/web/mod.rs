@@ -15,6 +15,7 @@ mod pages_claim;
 mod pages_org;
 mod pages_senders;
 mod serve;
+mod stream_control;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use axum::routing::{get, post};
 use tower_http::set_header::SetResponseHeaderLayer;
 
 pub use error::{ApiError, ApiJson, AppError, Form};
+pub use pages_senders::forget_senders;
 pub use serve::{device_plane, serve, state};
 
 use crate::auth::{AuthCache, Csrf, LoginLimiter, csrf_guard};
@@ -81,6 +83,8 @@ pub struct Relay {
     pub ca: crate::ca::DeviceCa,
     /// What the relay knows of devices, and their control channel.
     pub devices: crate::registry::Registry,
+    /// Live streams and their receiver workers.
+    pub streams: crate::streaming::Streams,
     /// Enrollment requests per client address.
     pub enroll_limiter: governor::DefaultKeyedRateLimiter<std::net::IpAddr>,
     /// Claim attempts (user-code guesses) per user.
@@ -133,6 +137,14 @@ pub fn router(state: AppState) -> Router {
             get(pages_senders::settings_redirect).post(pages_senders::save_settings),
         )
         .route("/o/{org}/senders/{id}/revoke", post(pages_senders::revoke))
+        .route(
+            "/o/{org}/senders/{id}/start",
+            post(stream_control::start_page),
+        )
+        .route(
+            "/o/{org}/streams/{id}/stop",
+            post(stream_control::stop_page),
+        )
         .route("/o/{org}/senders/{id}/live", get(live::sender_detail))
         .route(
             "/o/{org}/destinations",

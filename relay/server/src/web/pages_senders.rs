@@ -139,7 +139,7 @@ pub async fn cached_sender(
 }
 
 /// Drops every cached sender view (after this process changed a sender).
-pub fn forget_senders(state: &AppState) {
+pub fn forget_senders(state: &super::Relay) {
     state.sender_pages.invalidate_all();
     state.sender_rows.invalidate_all();
     state.api_sender_pages.invalidate_all();
@@ -273,6 +273,10 @@ struct DetailPage {
     fps_options: Vec<(u32, bool)>,
     message: String,
     error: String,
+    /// The running stream, if any.
+    stream_id: Option<String>,
+    /// The organization's destinations, to choose from when starting.
+    destinations: Vec<crate::store::destinations::Destination>,
 }
 
 /// How long saving settings waits for the device to confirm them.
@@ -285,6 +289,8 @@ pub struct DetailQuery {
     saved: Option<String>,
     /// Set after a revocation.
     revoked: Option<u8>,
+    /// Set after a stream started.
+    started: Option<u8>,
 }
 
 async fn detail_page(
@@ -328,6 +334,8 @@ async fn detail_page(
         settings,
         message: message.into(),
         error: error.into(),
+        stream_id: sender.current_stream_id.clone(),
+        destinations: crate::store::destinations::list(&state.db, &caller.org.id).await?,
     })
 }
 
@@ -340,6 +348,7 @@ pub async fn detail(
 ) -> Result<Response, AppError> {
     let msg = match (q.saved.as_deref(), q.revoked) {
         (_, Some(_)) => "Device revoked: it can no longer connect.",
+        _ if q.started.is_some() => "Stream started.",
         (Some("applied"), _) => "Settings saved and applied on the device.",
         (Some("offline"), _) => {
             "Settings saved. The device is offline and gets them when it connects."

@@ -42,6 +42,11 @@ pub async fn state(config: Config) -> anyhow::Result<(AppState, DataDir)> {
         data_dir: dir.path.clone(),
         ca: crate::ca::DeviceCa::open_or_create(&dir.path.join("ca"))?,
         devices: Default::default(),
+        streams: crate::streaming::Streams::new(crate::streaming::ports::PortPool::new(
+            config.rist_port_first,
+            config.rist_port_last,
+            config.rist_bind,
+        )),
         enroll_limiter: governor::RateLimiter::keyed(governor::Quota::per_minute(nonzero(20))),
         claim_limiter: governor::RateLimiter::keyed(governor::Quota::per_minute(nonzero(10))),
         config,
@@ -73,6 +78,7 @@ pub async fn device_plane(state: &AppState) -> anyhow::Result<()> {
     let (control, inbound) = ControlPlane::embedded(&broker).await?;
     state.devices.attach(Some(broker), control);
     tokio::spawn(registry::run(state.clone(), inbound));
+    crate::streaming::adopt(state).await?;
     Ok(())
 }
 

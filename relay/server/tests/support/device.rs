@@ -4,11 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
 use rumqttc::{
     AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use strata_proto::enrollment::{DeviceCredentials, GRANT_TYPE};
 use strata_proto::message::{DeviceMessage, Status};
 use strata_proto::topic::{self, Kind};
 use strata_relay::ca::DeviceCa;
@@ -152,4 +155,44 @@ impl Session {
             }
         }
     }
+}
+
+fn json(path: &str, body: String) -> Request<Body> {
+    Request::post(path)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body))
+        .unwrap()
+}
+
+/// Enrolls a device the way the agent does; the owner claims it into `org`.
+pub async fn enroll(
+    app: &super::TestApp,
+    org: &str,
+    owner: &super::Browser,
+) -> (DeviceCredentials, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let body = serde_json::json!({"csr_pem": csr, "facts": {"model": "Orange Pi 5 Plus", "hostname": "van-7", "agent_version": "0.1.0"}});
+    let (status, _, text) = app
+        .send(json("/enroll/device/authorize", body.to_string()))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let auth: strata_proto::enrollment::DeviceAuthorizationResponse =
+        serde_json::from_str(&text).unwrap();
+    let form = format!(
+        "code={}&org={org}&name=Van+7&decision=approve",
+        auth.user_code
+    );
+    let (status, _, _) = app.send(owner.post("/claim", &form)).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let body = serde_json::json!({"grant_type": GRANT_TYPE, "device_code": auth.device_code});
+    let (status, _, text) = app
+        .send(json("/enroll/device/token", body.to_string()))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    (serde_json::from_str(&text).unwrap(), key.serialize_pem())
 }
