@@ -222,3 +222,135 @@ async fn a_second_connection_takes_over_without_a_false_offline() {
     assert!(f.broker.is_connected("dev-a"));
     assert!(f.relay_gets(1).await.is_none(), "no will on takeover");
 }
+
+/// mosquitto's command-line clients, with files the relay issued.
+#[tokio::test]
+async fn third_party_clients_use_their_own_topics_only() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::Command;
+    let mut f = fixture().await;
+    let dev = device::enrolled(&f.ca, "dev-a");
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, crt, key) = (
+        dir.path().join("ca.pem"),
+        dir.path().join("a.crt"),
+        dir.path().join("a.key"),
+    );
+    std::fs::write(&ca, f.ca.ca_pem()).unwrap();
+    std::fs::write(&crt, &dev.chain_pem).unwrap();
+    std::fs::write(&key, &dev.key_pem).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let port = f.broker.local_addr().port().to_string();
+    // Blocking waits go to another thread: the broker runs on this test's runtime.
+    let run = |mut c: Command| async move {
+        tokio::task::spawn_blocking(move || c.status().unwrap())
+            .await
+            .unwrap()
+    };
+    let client = |prog: &str, with_cert: bool| {
+        let mut c = Command::new(prog);
+        c.args(["-h", "127.0.0.1", "-p", &port, "-i", "dev-a", "--cafile"])
+            .arg(&ca);
+        if with_cert {
+            c.arg("--cert").arg(&crt).arg("--key").arg(&key);
+        }
+        c
+    };
+
+    // Subscribes to its own commands and gets what the relay sends.
+    let sub = client("mosquitto_sub", true)
+        .args(["-t", "strata/v1/dev/dev-a/cmd", "-C", "1", "-W", "10"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if f.broker.is_connected("dev-a") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await; // SUBSCRIBE processed
+    f.control
+        .publish(
+            topic::topic("dev-a", Kind::Command),
+            b"hello device".to_vec(),
+        )
+        .await
+        .unwrap();
+    let out = tokio::task::spawn_blocking(move || sub.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello device");
+
+    // Publishes on its own topic.
+    let mut c = client("mosquitto_pub", true);
+    c.args(["-t", "strata/v1/dev/dev-a/event", "-m", "x", "-q", "1"]);
+    let st = run(c).await;
+    assert!(st.success());
+    let m = f.relay_gets(5).await.expect("relay receives it");
+    assert_eq!(m.topic, "strata/v1/dev/dev-a/event");
+
+    // Another device's topic: cut off before the PUBACK, nothing reaches the relay.
+    let mut c = client("mosquitto_pub", true);
+    c.args(["-t", "strata/v1/dev/dev-b/event", "-m", "x", "-q", "1"]);
+    let st = run(c).await;
+    assert!(!st.success(), "refused");
+    assert!(f.relay_gets(1).await.is_none());
+
+    // Without a certificate, or with a revoked one: no connection.
+    let mut c = client("mosquitto_pub", false);
+    c.args(["-t", "strata/v1/dev/dev-a/event", "-m", "x", "-q", "1"]);
+    let st = run(c).await;
+    assert!(!st.success(), "no certificate");
+    f.broker.revoke("dev-a");
+    let mut c = client("mosquitto_pub", true);
+    c.args(["-t", "strata/v1/dev/dev-a/event", "-m", "x", "-q", "1"]);
+    let st = run(c).await;
+    assert!(!st.success(), "revoked");
+    assert!(f.relay_gets(1).await.is_none());
+}
+
+/// An oversized packet ends only that device's session; others go on.
+#[tokio::test]
+async fn oversized_packets_cut_only_their_sender() {
+    let mut f = fixture().await;
+    let a = device::enrolled(&f.ca, "dev-a");
+    let b = device::enrolled(&f.ca, "dev-b");
+    let mut opts = f.options(&a);
+    opts.set_max_packet_size(1 << 20, 1 << 20); // rumqttc would refuse it itself
+    let mut sa = device::connect(opts);
+    sa.connected().await.unwrap();
+    let mut sb = device::connect(f.options(&b));
+    sb.connected().await.unwrap();
+    let big = vec![0u8; strata_proto::envelope::MAX_PAYLOAD + 4096];
+    sa.client
+        .publish(
+            topic::topic("dev-a", Kind::Telemetry),
+            QoS::AtMostOnce,
+            false,
+            big,
+        )
+        .await
+        .unwrap();
+    sa.ended(Duration::from_secs(5)).await.expect("cut off");
+    while let Some(m) = f.relay_gets(1).await {
+        assert_ne!(
+            m.topic, "strata/v1/dev/dev-a/telemetry",
+            "the oversized packet never reaches the relay"
+        );
+    }
+    sb.client
+        .publish(
+            topic::topic("dev-b", Kind::Event),
+            QoS::AtLeastOnce,
+            false,
+            b"still here".to_vec(),
+        )
+        .await
+        .unwrap();
+    let m = f.relay_gets(5).await.expect("dev-b still served");
+    assert_eq!(m.topic, "strata/v1/dev/dev-b/event");
+    assert!(f.broker.is_connected("dev-b") && !f.broker.is_connected("dev-a"));
+    assert_eq!(f.broker.refused_packets(), 1);
+}

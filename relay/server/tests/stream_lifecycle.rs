@@ -128,18 +128,34 @@ enum Seen {
 
 /// The agent's stream handling: starts and stops the sender on command and
 /// replies. `cut` drops the sender without being told (input lost).
-fn agent(
-    mut s: device::Session,
-    id: String,
-) -> (mpsc::UnboundedReceiver<Seen>, mpsc::UnboundedSender<()>) {
+struct Agent {
+    seen: mpsc::UnboundedReceiver<Seen>,
+    /// Drops the sender without being told (input lost).
+    cut: mpsc::UnboundedSender<()>,
+    /// Says offline (as its will would) and drops the sender.
+    offline: mpsc::UnboundedSender<()>,
+    /// Says online again.
+    online: mpsc::UnboundedSender<()>,
+}
+
+fn agent(mut s: device::Session, id: String) -> Agent {
     let (seen_tx, seen) = mpsc::unbounded_channel();
     let (cut, mut cut_rx) = mpsc::unbounded_channel::<()>();
+    let (offline, mut offline_rx) = mpsc::unbounded_channel::<()>();
+    let (online, mut online_rx) = mpsc::unbounded_channel::<()>();
     tokio::spawn(async move {
         // Held to keep sending; dropping it stops the sender.
         let mut _sending: Option<Sending> = None;
         loop {
             tokio::select! {
                 Some(()) = cut_rx.recv() => { _sending = None; }
+                Some(()) = offline_rx.recv() => {
+                    _sending = None;
+                    s.client.publish(topic::topic(&id, Kind::Status), QoS::AtLeastOnce, true, device::status(false)).await.unwrap();
+                }
+                Some(()) = online_rx.recv() => {
+                    s.client.publish(topic::topic(&id, Kind::Status), QoS::AtLeastOnce, true, device::status(true)).await.unwrap();
+                }
                 ev = s.events.recv() => {
                     let Some(Ok(Packet::Publish(p))) = ev else {
                         if ev.is_none() { return; }
@@ -164,7 +180,12 @@ fn agent(
             }
         }
     });
-    (seen, cut)
+    Agent {
+        seen,
+        cut,
+        offline,
+        online,
+    }
 }
 
 async fn until<F: AsyncFnMut() -> bool>(what: &str, secs: u64, mut f: F) {
@@ -190,7 +211,7 @@ fn tweak(c: &mut strata_relay::config::Config, first_port: u16) {
     c.rist_port_first = first_port;
     c.rist_port_last = first_port + 99;
     c.stream_no_input_s = 3;
-    c.stream_offline_grace_s = 2;
+    c.stream_offline_grace_s = 1;
 }
 
 #[tokio::test]
@@ -272,7 +293,12 @@ async fn start_record_stop_input_loss_and_restart() {
         let did = id.clone();
         until("device online", 5, async || state.devices.is_online(&did)).await;
         tokio::time::sleep(Duration::from_millis(300)).await; // inventory stored
-        let (mut seen, cut) = agent(s, id.clone());
+        let Agent {
+            mut seen,
+            cut,
+            offline,
+            online,
+        } = agent(s, id.clone());
 
         // Start from the sender page.
         let page = format!("/o/{}/senders/{}", org.id, id);
@@ -382,6 +408,78 @@ async fn start_record_stop_input_loss_and_restart() {
                 == Some("no input for 3 s")
         })
         .await;
+
+        // Started from the API; kill -9 of the worker is noticed within 5 s,
+        // reported, the ports reclaimed and the device told.
+        let token = app.token(&org, &owner, Role::Operator).await;
+        let (status, _, body) = app
+            .send(support::api(
+                "POST",
+                &format!("/api/v1/o/{}/senders/{id}/streams", org.id),
+                &token,
+                Some(&format!(r#"{{"destinations":["{rec}"]}}"#)),
+            ))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let Seen::Started(fourth, _) = next_seen(&mut seen, 5).await else {
+            panic!()
+        };
+        assert!(body.contains(&fourth));
+        let (pid,): (i64,) = sqlx::query_as("SELECT worker_pid FROM streams WHERE id = $1")
+            .bind(&fourth)
+            .fetch_one(&app.state.db)
+            .await
+            .unwrap();
+        let killed = std::time::Instant::now();
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+        match next_seen(&mut seen, 5).await {
+            Seen::Stopped(s) => assert_eq!(s, fourth),
+            other => panic!("{other:?}"),
+        }
+        println!(
+            "[{}] kill -9 of the worker noticed and the device told after {:?}",
+            app.label,
+            killed.elapsed()
+        );
+        let st = streams::list(&app.state.db, &org.id, 10).await.unwrap();
+        let st = st.iter().find(|s| s.id == fourth).unwrap();
+        assert_eq!(
+            (st.state.as_str(), st.end_reason.as_deref()),
+            ("failed", Some("the receiver exited"))
+        );
+        assert_eq!(app.state.streams.ports_in_use(), 0);
+
+        // The device goes away (offline, nothing sent): stopped after the grace period.
+        let (status, _, _) = app
+            .send(b.post(&format!("{page}/start"), &format!("dest={rec}")))
+            .await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
+        let Seen::Started(fifth, _) = next_seen(&mut seen, 5).await else {
+            panic!()
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        offline.send(()).unwrap();
+        let (db_, oid, sid) = (app.state.db.clone(), org.id.clone(), fifth.clone());
+        until("stream closed after the device left", 6, async || {
+            let st = streams::list(&db_, &oid, 10).await.unwrap();
+            st.iter()
+                .find(|s| s.id == sid)
+                .unwrap()
+                .end_reason
+                .as_deref()
+                == Some("the device disconnected")
+        })
+        .await;
+        assert_eq!(app.state.streams.ports_in_use(), 0);
+        online.send(()).unwrap();
+        let (state, did) = (app.state.clone(), id.clone());
+        until("device back", 5, async || state.devices.is_online(&did)).await;
 
         // A relay restart: the running worker is re-adopted, a dead one's record closed.
         let (status, _, _) = app

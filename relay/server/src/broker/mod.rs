@@ -61,6 +61,7 @@ pub struct Broker {
     revoked: Revoked,
     wills: tokio::sync::Mutex<LinkTx>,
     local_addr: SocketAddr,
+    refused: std::sync::atomic::AtomicU64,
 }
 
 /// What the broker needs to start.
@@ -126,6 +127,7 @@ impl Broker {
             revoked,
             wills: tokio::sync::Mutex::new(wills_tx),
             local_addr: listener.local_addr()?,
+            refused: Default::default(),
         });
         tracing::info!(addr = %broker.local_addr, "MQTT broker (mutual TLS) listening");
         tokio::spawn(accept_loop(broker.clone(), listener, acceptor));
@@ -153,6 +155,16 @@ impl Broker {
             reg.cancel.cancel();
             tracing::info!(device = %device_id, "revoked device cut off");
         }
+    }
+
+    /// Packets that ended a session: malformed, oversized, or outside the
+    /// device's topics.
+    pub fn refused_packets(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    fn count_refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Whether a device has a live session.

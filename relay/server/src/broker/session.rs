@@ -27,6 +27,20 @@ pub const MAX_PACKET: usize = strata_proto::envelope::MAX_PAYLOAD + 1024;
 /// reader must not hold the router's buffers forever).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Why reading a packet failed.
+#[derive(Debug, thiserror::Error)]
+enum ReadError {
+    /// The connection closed or failed.
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+    /// EOF.
+    #[error("connection closed")]
+    Closed,
+    /// Not MQTT, or larger than we take.
+    #[error("malformed or oversized MQTT packet: {0}")]
+    Bad(String),
+}
+
 /// How a session ended.
 #[derive(Debug)]
 enum End {
@@ -54,16 +68,16 @@ pub fn may_subscribe(device_id: &str, filter: &str) -> bool {
 async fn read_packet<R: AsyncRead + Unpin>(
     rd: &mut R,
     buf: &mut BytesMut,
-) -> anyhow::Result<Packet> {
+) -> Result<Packet, ReadError> {
     loop {
         match V4.read_mut(buf, MAX_PACKET) {
             Ok(p) => return Ok(p),
             Err(protocol::Error::InsufficientBytes(_)) => {
                 if rd.read_buf(buf).await? == 0 {
-                    anyhow::bail!("connection closed");
+                    return Err(ReadError::Closed);
                 }
             }
-            Err(e) => anyhow::bail!("malformed MQTT packet: {e:?}"),
+            Err(e) => return Err(ReadError::Bad(format!("{e:?}"))),
         }
     }
 }
@@ -150,6 +164,7 @@ where
         Some(p) => match write_packet(&mut wr, p).await {
             Ok(()) => {
                 pump(
+                    &broker,
                     &device_id,
                     &registration,
                     keep_alive,
@@ -179,6 +194,7 @@ where
 type Io<'a, R, W> = (&'a mut R, &'a mut BytesMut, &'a mut W);
 
 async fn pump<R, W>(
+    broker: &Broker,
     device_id: &str,
     reg: &Registration,
     keep_alive: Duration,
@@ -200,7 +216,13 @@ where
             p = read_packet(rd, rbuf) => {
                 let p = match p {
                     Ok(p) => p,
-                    Err(e) => break End::Abnormal(e.to_string()),
+                    Err(e) => {
+                        if matches!(e, ReadError::Bad(_)) {
+                            tracing::warn!(device = %device_id, error = %e, "disconnected");
+                            broker.count_refused();
+                        }
+                        break End::Abnormal(e.to_string());
+                    }
                 };
                 deadline = Instant::now() + keep_alive;
                 match &p {
@@ -209,12 +231,14 @@ where
                         tracing::warn!(device = %device_id,
                             topic = %String::from_utf8_lossy(&publ.topic),
                             "publish outside the device's topics: disconnected");
+                        broker.count_refused();
                         break End::Abnormal("ACL: publish".into());
                     }
                     Packet::Subscribe(sub, _)
                         if !sub.filters.iter().all(|f| may_subscribe(device_id, &f.path)) =>
                     {
                         tracing::warn!(device = %device_id, "subscribe outside the device's topics: disconnected");
+                        broker.count_refused();
                         break End::Abnormal("ACL: subscribe".into());
                     }
                     Packet::Connect(..) => break End::Abnormal("second CONNECT".into()),

@@ -260,7 +260,12 @@ pub async fn start(
         stream_id: &stream_id,
         ports: &ports,
         bind: state.config.rist_bind,
-        stall_after_s: state.config.stream_no_input_s,
+        // Early enough for both rules that need "no input" (see `watch`).
+        stall_after_s: state
+            .config
+            .stream_no_input_s
+            .min(state.config.stream_offline_grace_s)
+            .max(1),
         dir: &dir,
         memory_max: &state.config.worker_memory_max,
         cpu_quota: &state.config.worker_cpu_quota,
@@ -409,7 +414,10 @@ async fn watch(state: AppState, mut s: Supervised, mut stop_rx: mpsc::Receiver<S
         .min(no_input / 3)
         .max(Duration::from_millis(200));
     let mut tick = tokio::time::interval(every);
-    let (mut last_stats, mut last_input) = (Instant::now(), Instant::now());
+    let mut last_stats = Instant::now();
+    // Input is judged by the worker (librist's bitrate goes stale without
+    // packets): `stalled` starts the clock, `resumed` stops it.
+    let mut stalled_since: Option<Instant> = None;
     let mut offline_since: Option<Instant> = None;
     let mut done = None;
     let (end, reason, tell_device) = loop {
@@ -424,9 +432,6 @@ async fn watch(state: AppState, mut s: Supervised, mut stop_rx: mpsc::Receiver<S
             ev = s.link.next() => match ev {
                 Ok(Some(WorkerEvent::Stats(st))) => {
                     last_stats = Instant::now();
-                    if st.bitrate_in_kbps > 0.0 {
-                        last_input = Instant::now();
-                    }
                     s.latest = Some(st);
                 }
                 Ok(Some(WorkerEvent::Error { message, output })) => {
@@ -435,10 +440,11 @@ async fn watch(state: AppState, mut s: Supervised, mut stop_rx: mpsc::Receiver<S
                 Ok(Some(WorkerEvent::Stopped { reason })) => {
                     break ("failed", format!("the receiver stopped: {reason}"), true);
                 }
-                // The worker measures input itself (librist's bitrate goes stale without packets).
-                Ok(Some(WorkerEvent::Stalled { .. })) => {
-                    break ("ended", format!("no input for {} s", no_input.as_secs()), true);
+                Ok(Some(WorkerEvent::Stalled { seconds })) => {
+                    let silent = Duration::from_secs(seconds);
+                    stalled_since = Some(Instant::now().checked_sub(silent).unwrap_or_else(Instant::now));
                 }
+                Ok(Some(WorkerEvent::Resumed)) => stalled_since = None,
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => break ("failed", "the receiver exited".to_string(), true),
             },
@@ -450,16 +456,17 @@ async fn watch(state: AppState, mut s: Supervised, mut stop_rx: mpsc::Receiver<S
                 if last_stats.elapsed() > STATS_STALE {
                     break ("failed", "the receiver stopped reporting".to_string(), true);
                 }
-                if last_input.elapsed() > no_input {
-                    break ("ended", format!("no input for {} s", no_input.as_secs()), true);
-                }
+                let silent = stalled_since.map(|t| t.elapsed()).unwrap_or_default();
                 if state.devices.is_online(&s.sender_id) {
                     offline_since = None;
                 } else {
                     let since = *offline_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() > grace && last_input.elapsed() > grace {
+                    if since.elapsed() >= grace && silent >= grace {
                         break ("ended", "the device disconnected".to_string(), false);
                     }
+                }
+                if silent >= no_input {
+                    break ("ended", format!("no input for {} s", no_input.as_secs()), true);
                 }
             }
         }
@@ -523,6 +530,14 @@ async fn teardown(state: &Relay, s: &mut Supervised, end: &str, reason: &str, te
         }
     }
     save_outputs(state, s, Some("stopped")).await;
+    if let Err(e) = streams::finish(&state.db, &s.org_id, &s.id, end, reason).await {
+        tracing::error!(stream = %s.id, error = %e, "closing the stream record failed");
+    }
+    state.streams.pool.release(&s.ports);
+    let _ = std::fs::remove_dir_all(&s.dir);
+    state.streams.live.lock().expect("streams").remove(&s.id);
+    // The record is closed before the device hears of it, so whoever sees
+    // the device stop sees the stream ended.
     if tell_device && state.devices.is_online(&s.sender_id) {
         let body = CommandBody::StopStream {
             stream_id: s.id.clone(),
@@ -535,12 +550,6 @@ async fn teardown(state: &Relay, s: &mut Supervised, end: &str, reason: &str, te
             tracing::warn!(stream = %s.id, error = %e, "telling the device to stop failed");
         }
     }
-    if let Err(e) = streams::finish(&state.db, &s.org_id, &s.id, end, reason).await {
-        tracing::error!(stream = %s.id, error = %e, "closing the stream record failed");
-    }
-    state.streams.pool.release(&s.ports);
-    let _ = std::fs::remove_dir_all(&s.dir);
-    state.streams.live.lock().expect("streams").remove(&s.id);
     crate::web::forget_senders(state);
 }
 

@@ -41,6 +41,7 @@ pub struct Metrics {
     pub device_messages_dropped: Counter,
     senders: Gauge,
     senders_online: Gauge,
+    mqtt_refused: Gauge,
 }
 
 impl Default for Metrics {
@@ -52,6 +53,12 @@ impl Default for Metrics {
         let device_messages_dropped = Counter::default();
         let senders = Gauge::default();
         let senders_online = Gauge::default();
+        let mqtt_refused = Gauge::default();
+        registry.register(
+            "mqtt_packets_refused",
+            "MQTT packets that ended a device session: malformed, oversized or outside its topics",
+            mqtt_refused.clone(),
+        );
         registry.register(
             "http_requests",
             "HTTP requests by method and status class",
@@ -82,6 +89,7 @@ impl Default for Metrics {
             device_messages_dropped,
             senders,
             senders_online,
+            mqtt_refused,
         }
     }
 }
@@ -128,6 +136,9 @@ pub async fn scrape(State(state): State<AppState>) -> Result<impl IntoResponse, 
             .await?;
     state.metrics.senders.set(total);
     state.metrics.senders_online.set(online);
+    if let Some(b) = state.devices.broker() {
+        state.metrics.mqtt_refused.set(b.refused_packets() as i64);
+    }
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &state.metrics.registry)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
