@@ -31,9 +31,11 @@ pub use telemetry::LiveTelemetry;
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the registry holds in memory.
-#[derive(Default)]
 pub struct Registry {
     broker: OnceLock<Arc<Broker>>,
+    /// Devices known to exist and not be revoked (a database read per
+    /// message would be thousands per second at 1 Hz telemetry).
+    known: moka::sync::Cache<String, ()>,
     control: OnceLock<ControlPlane>,
     online: Mutex<HashSet<String>>,
     /// Recent telemetry per device.
@@ -76,6 +78,22 @@ pub enum CommandError {
     /// Publishing failed.
     #[error("sending the command failed: {0}")]
     Publish(anyhow::Error),
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            broker: OnceLock::new(),
+            known: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(60))
+                .build(),
+            control: OnceLock::new(),
+            online: Mutex::new(HashSet::new()),
+            telemetry: LiveTelemetry::default(),
+            pending: commands::Pending::default(),
+        }
+    }
 }
 
 impl Registry {
@@ -145,6 +163,7 @@ impl Registry {
 
     /// Revokes a device: refused by the broker from now on, cut off if connected.
     pub fn revoke(&self, device_id: &str) {
+        self.known.invalidate(device_id);
         if let Some(b) = self.broker.get() {
             b.revoke(device_id);
         }
@@ -168,9 +187,11 @@ pub async fn run(state: AppState, mut inbound: mpsc::Receiver<Inbound>) {
 pub async fn handle(state: &Arc<Relay>, msg: &Inbound) -> Result<(), HandleError> {
     let (device, kind) =
         topic::parse(&msg.topic).ok_or_else(|| HandleError::Topic(msg.topic.clone()))?;
-    match devices::owner(&state.db, device).await? {
-        Some((_, false)) => {}
-        _ => return Err(HandleError::Device(device.to_string())),
+    if !state.devices.known.contains_key(device) {
+        match devices::owner(&state.db, device).await? {
+            Some((_, false)) => state.devices.known.insert(device.to_string(), ()),
+            _ => return Err(HandleError::Device(device.to_string())),
+        }
     }
     let message: DeviceMessage = envelope::decode(&msg.payload)?;
     let now = now_ms();
