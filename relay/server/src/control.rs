@@ -1,8 +1,7 @@
 //! The relay's control-plane MQTT client: receives what devices publish and
-//! publishes commands to them. In-process over a privileged rumqttd link when
-//! the broker is embedded; over mutual TLS with rumqttc when an external
-//! broker is configured. Either way the rest of the relay sees the same
-//! [`ControlPlane`] and [`Inbound`] messages.
+//! publishes commands to them, in-process over a privileged rumqttd link to
+//! the embedded broker. (An external broker is not supported yet; it would
+//! be a second way to build a [`ControlPlane`] with the same [`Inbound`].)
 
 use bytes::Bytes;
 use rumqttd::Notification;
@@ -26,14 +25,9 @@ pub struct Inbound {
 /// waits too (back-pressure instead of unbounded memory).
 const INBOUND_QUEUE: usize = 4096;
 
-enum Outbound {
-    Embedded(tokio::sync::Mutex<LinkTx>),
-    External(rumqttc::AsyncClient),
-}
-
 /// Publishes to devices.
 pub struct ControlPlane {
-    out: Outbound,
+    tx: tokio::sync::Mutex<LinkTx>,
 }
 
 impl ControlPlane {
@@ -50,36 +44,21 @@ impl ControlPlane {
         tokio::spawn(read_link(rx, in_tx));
         Ok((
             ControlPlane {
-                out: Outbound::Embedded(tokio::sync::Mutex::new(tx)),
+                tx: tokio::sync::Mutex::new(tx),
             },
             in_rx,
         ))
     }
 
-    /// Wraps a connected rumqttc client (external broker mode).
-    pub fn external(client: rumqttc::AsyncClient) -> ControlPlane {
-        ControlPlane {
-            out: Outbound::External(client),
-        }
-    }
-
     /// Publishes to a device topic.
     pub async fn publish(&self, topic: String, payload: Vec<u8>) -> anyhow::Result<()> {
-        match &self.out {
-            Outbound::Embedded(tx) => {
-                let p = Publish::new(Bytes::from(topic), Bytes::from(payload), false);
-                tx.lock()
-                    .await
-                    .send(Packet::Publish(p, None))
-                    .await
-                    .map_err(|e| anyhow::anyhow!("publishing on the control link: {e}"))?;
-            }
-            Outbound::External(client) => {
-                client
-                    .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload)
-                    .await?;
-            }
-        }
+        let p = Publish::new(Bytes::from(topic), Bytes::from(payload), false);
+        self.tx
+            .lock()
+            .await
+            .send(Packet::Publish(p, None))
+            .await
+            .map_err(|e| anyhow::anyhow!("publishing on the control link: {e}"))?;
         Ok(())
     }
 }

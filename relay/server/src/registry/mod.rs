@@ -124,7 +124,7 @@ impl Registry {
         }
     }
 
-    /// Publishes a command without waiting; returns its id.
+    /// Publishes a command without waiting for its reply.
     async fn send(&self, device_id: &str, id: u64, body: CommandBody) -> Result<(), CommandError> {
         let control = self.control.get().ok_or(CommandError::NoControlPlane)?;
         let payload = envelope::encode(&RelayMessage::Command(Command { id, body }));
@@ -188,10 +188,10 @@ pub async fn handle(state: &Arc<Relay>, msg: &Inbound) -> Result<(), HandleError
     let (device, kind) =
         topic::parse(&msg.topic).ok_or_else(|| HandleError::Topic(msg.topic.clone()))?;
     if !state.devices.known.contains_key(device) {
-        match devices::owner(&state.db, device).await? {
-            Some((_, false)) => state.devices.known.insert(device.to_string(), ()),
-            _ => return Err(HandleError::Device(device.to_string())),
+        if !devices::is_active(&state.db, device).await? {
+            return Err(HandleError::Device(device.to_string()));
         }
+        state.devices.known.insert(device.to_string(), ());
     }
     let message: DeviceMessage = envelope::decode(&msg.payload)?;
     let now = now_ms();

@@ -7,14 +7,14 @@ use crate::db::Db;
 use crate::now_ms;
 use crate::store::senders::Inventory;
 
-/// The organization a device belongs to and whether it was revoked.
-pub async fn owner(db: &Db, device_id: &str) -> sqlx::Result<Option<(String, bool)>> {
-    let row: Option<(String, Option<i64>)> =
-        sqlx::query_as("SELECT org_id, revoked_at FROM senders WHERE id = $1")
+/// Whether the device exists and was not revoked.
+pub async fn is_active(db: &Db, device_id: &str) -> sqlx::Result<bool> {
+    let row: Option<(i64,)> =
+        sqlx::query_as("SELECT 1 FROM senders WHERE id = $1 AND revoked_at IS NULL")
             .bind(device_id)
             .fetch_optional(db)
             .await?;
-    Ok(row.map(|(org, revoked)| (org, revoked.is_some())))
+    Ok(row.is_some())
 }
 
 /// Stores the inventory a device reported.

@@ -279,7 +279,7 @@ pub async fn start(
         Err(e) => {
             worker::forget_secrets(&dir);
             let why = format!("starting {}: {e}", launch.bin.display());
-            abandon(state, org_id, &stream_id, &ports, &dir, None, &why).await;
+            abandon(state, org_id, &stream_id, &ports, &dir, &why).await;
             return Err(StartError::Worker(why));
         }
     };
@@ -290,7 +290,7 @@ pub async fn start(
         Ok(link) => link,
         Err(why) => {
             let _ = child.start_kill();
-            abandon(state, org_id, &stream_id, &ports, &dir, None, &why).await;
+            abandon(state, org_id, &stream_id, &ports, &dir, &why).await;
             return Err(StartError::Worker(why));
         }
     };
@@ -367,12 +367,8 @@ async fn abandon(
     stream_id: &str,
     ports: &[u16],
     dir: &Path,
-    pid: Option<u32>,
     why: &str,
 ) {
-    if let Some(pid) = pid {
-        worker::kill(pid);
-    }
     state.streams.pool.release(ports);
     if let Err(e) = streams::finish(&state.db, org_id, stream_id, "failed", why).await {
         tracing::error!(stream = stream_id, error = %e, "closing a failed stream");
