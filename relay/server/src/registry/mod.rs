@@ -328,12 +328,14 @@ async fn renew(state: &Arc<Relay>, device: &str, csr_pem: &str) -> Result<(), Ha
 }
 
 /// Revokes one of the organization's devices: recorded in the database, then
-/// refused by the broker and cut off; false if the organization has no such device.
+/// refused by the broker and cut off, its streams stopped; false if the
+/// organization has no such device.
 pub async fn revoke(state: &Relay, org_id: &str, device_id: &str) -> sqlx::Result<bool> {
     if !devices::revoke(&state.db, org_id, device_id).await? {
         return Ok(false);
     }
     state.devices.revoke(device_id);
+    crate::streaming::stop_for_device(state, device_id, "the device was revoked").await;
     tracing::info!(device = device_id, "device revoked");
     Ok(true)
 }

@@ -595,6 +595,25 @@ async fn request_stop(
     Ok(true)
 }
 
+/// Stops every stream of a device (it was revoked: its RIST would otherwise
+/// keep flowing with a PSK it still holds).
+pub async fn stop_for_device(state: &Relay, device_id: &str, reason: &str) {
+    let ids: Vec<String> = state
+        .streams
+        .live
+        .lock()
+        .expect("streams")
+        .iter()
+        .filter(|(_, h)| h.sender_id == device_id)
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in ids {
+        if let Err(e) = request_stop(state, None, &id, reason, false).await {
+            tracing::warn!(stream = %id, error = %e, "stopping a revoked device's stream failed");
+        }
+    }
+}
+
 /// The device says it stopped sending a stream.
 pub async fn device_stopped(state: &Relay, device_id: &str, stream_id: &str, why: &str) {
     let mine = state
