@@ -354,3 +354,18 @@ async fn oversized_packets_cut_only_their_sender() {
     assert!(f.broker.is_connected("dev-b") && !f.broker.is_connected("dev-a"));
     assert_eq!(f.broker.refused_packets(), 1);
 }
+
+/// A client that opens TCP and says nothing does not hold up anyone else
+/// (each handshake runs on its own, with a time limit).
+#[tokio::test]
+async fn a_silent_connection_does_not_block_others() {
+    let f = fixture().await;
+    let _silent = tokio::net::TcpStream::connect(f.broker.local_addr())
+        .await
+        .unwrap();
+    let dev = device::enrolled(&f.ca, "dev-a");
+    let mut s = device::connect(f.options(&dev));
+    s.connected()
+        .await
+        .expect("served while another connection is silent");
+}

@@ -256,11 +256,7 @@ async fn enroll_connect_report_command_renew_revoke() {
 
         // Renewal over MQTT: a CSR for the same key; the new certificate comes back as a command.
         let key = rcgen::KeyPair::from_pem(&dev.key_pem).unwrap();
-        let csr = rcgen::CertificateParams::default()
-            .serialize_request(&key)
-            .unwrap()
-            .pem()
-            .unwrap();
+        let csr = device::csr(&key);
         client
             .publish(
                 topic::topic(&id, Kind::Renew),

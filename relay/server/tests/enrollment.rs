@@ -8,7 +8,7 @@ mod support;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use rcgen::{CertificateParams, KeyPair};
+use rcgen::KeyPair;
 use strata_proto::enrollment::{
     DeviceAuthorizationResponse, DeviceCredentials, GRANT_TYPE, TokenError,
 };
@@ -16,12 +16,7 @@ use strata_relay::store::accounts::Role;
 use support::{TestApp, test_databases};
 
 fn csr() -> String {
-    let key = KeyPair::generate().unwrap();
-    CertificateParams::default()
-        .serialize_request(&key)
-        .unwrap()
-        .pem()
-        .unwrap()
+    support::device::csr(&KeyPair::generate().unwrap())
 }
 
 fn json(path: &str, body: String) -> Request<Body> {

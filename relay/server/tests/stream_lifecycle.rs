@@ -479,7 +479,11 @@ async fn start_record_stop_input_loss_and_restart() {
         let st = streams::list(&app.state.db, &org.id, 10).await.unwrap();
         let st = st.iter().find(|s| s.id == fifth).unwrap();
         assert_eq!(st.end_reason.as_deref(), Some("the device disconnected"));
-        println!("[{}] device left: stream closed after {:?} (grace 1 s)", app.label, left.elapsed());
+        println!(
+            "[{}] device left: stream closed after {:?} (grace 1 s)",
+            app.label,
+            left.elapsed()
+        );
         assert_eq!(app.state.streams.ports_in_use(), 0);
         online.send(()).unwrap();
         let (state, did) = (app.state.clone(), id.clone());

@@ -165,7 +165,16 @@ pub fn spawn(l: &Launch<'_>, secrets: &Secrets) -> std::io::Result<tokio::proces
     f.sync_all()?;
     let log = std::fs::File::create(l.dir.join("worker.log"))?;
 
-    let mut cmd = if systemd_scopes() {
+    let scoped = systemd_scopes();
+    if !scoped {
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| {
+            tracing::warn!(
+                "systemd is not PID 1: receiver workers run without memory and CPU limits"
+            )
+        });
+    }
+    let mut cmd = if scoped {
         let mut c = tokio::process::Command::new("systemd-run");
         c.args(["--scope", "--quiet", "--collect"])
             .arg(format!("--unit=strata-receiver-{}", l.stream_id))

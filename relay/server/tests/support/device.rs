@@ -27,15 +27,19 @@ pub struct TestDevice {
     pub key_pem: String,
 }
 
+/// A CSR for `key`, as the agent makes it (PEM).
+pub fn csr(key: &rcgen::KeyPair) -> String {
+    rcgen::CertificateParams::default()
+        .serialize_request(key)
+        .unwrap()
+        .pem()
+        .unwrap()
+}
+
 /// A device whose CSR `ca` signed for `id`.
 pub fn enrolled(ca: &DeviceCa, id: &str) -> TestDevice {
     let key = rcgen::KeyPair::generate().unwrap();
-    let csr = rcgen::CertificateParams::default()
-        .serialize_request(&key)
-        .unwrap()
-        .pem()
-        .unwrap();
-    let issued = ca.sign_device(&csr, id, 30).unwrap();
+    let issued = ca.sign_device(&csr(&key), id, 30).unwrap();
     TestDevice {
         id: id.into(),
         chain_pem: issued.cert_pem,
@@ -171,11 +175,7 @@ pub async fn enroll(
     owner: &super::Browser,
 ) -> (DeviceCredentials, String) {
     let key = rcgen::KeyPair::generate().unwrap();
-    let csr = rcgen::CertificateParams::default()
-        .serialize_request(&key)
-        .unwrap()
-        .pem()
-        .unwrap();
+    let csr = csr(&key);
     let body = serde_json::json!({"csr_pem": csr, "facts": {"model": "Orange Pi 5 Plus", "hostname": "van-7", "agent_version": "0.1.0"}});
     let (status, _, text) = app
         .send(json("/enroll/device/authorize", body.to_string()))
