@@ -310,6 +310,46 @@ pub struct EncoderSettings {
     pub audio: bool,
 }
 
+/// Frame heights a device offers.
+pub const HEIGHTS: [u32; 4] = [480, 720, 1080, 2160];
+/// Frame rates a device offers.
+pub const FRAME_RATES: [u32; 5] = [24, 25, 30, 50, 60];
+/// Video bitrates a device accepts, kbit/s.
+pub const KBPS_RANGE: std::ops::RangeInclusive<u32> = 200..=50_000;
+/// The input id of the built-in test pattern.
+pub const TEST_PATTERN: &str = "test";
+
+impl EncoderSettings {
+    /// Checks the settings, `has_input` telling which input ids the device
+    /// has; the message names the field. Both sides use it, so the relay
+    /// refuses what a device would.
+    pub fn check(&self, has_input: impl Fn(&str) -> bool) -> Result<(), String> {
+        if self.input != TEST_PATTERN && !has_input(&self.input) {
+            return Err(format!(
+                "input '{}' is not one of this sender's inputs",
+                self.input
+            ));
+        }
+        if !HEIGHTS.contains(&self.height) {
+            return Err(format!("height must be one of {HEIGHTS:?}"));
+        }
+        if !FRAME_RATES.contains(&self.fps) {
+            return Err(format!("fps must be one of {FRAME_RATES:?}"));
+        }
+        if !KBPS_RANGE.contains(&self.min_kbps) || !KBPS_RANGE.contains(&self.max_kbps) {
+            return Err(format!(
+                "bitrates must be between {} and {} kbit/s",
+                KBPS_RANGE.start(),
+                KBPS_RANGE.end()
+            ));
+        }
+        if self.min_kbps > self.max_kbps {
+            return Err("minimum bitrate is above the maximum".into());
+        }
+        Ok(())
+    }
+}
+
 /// A command with its id (the device answers every id once and repeats that
 /// answer if the id comes again).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

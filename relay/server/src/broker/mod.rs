@@ -100,12 +100,16 @@ impl Broker {
             .collect::<Result<Vec<_>, _>>()
             .context("broker certificate")?;
         let key = PrivateKeyDer::from_pem_slice(setup.key_pem.as_bytes()).context("broker key")?;
-        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(Arc::new(verifier))
         .with_single_cert(chain, key)?;
+        // No session resumption: a resumed TLS 1.3 session skips the client
+        // certificate check, so a revoked device could come back on an old ticket.
+        tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        tls.send_tls13_tickets = 0;
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
 
         let router_tx = Router::new(0, router_config()).spawn();
@@ -280,6 +284,11 @@ async fn accept_loop(
                 .and_then(|c| c.first())
                 .and_then(verifier::device_id);
             match device {
+                // The verifier refused revoked devices already; this also
+                // covers a revocation between handshake and here.
+                Some(id) if broker.revoked.read().expect("revoked set").contains(&id) => {
+                    tracing::warn!(%peer, device = %id, "revoked device refused");
+                }
                 Some(id) => session::run(broker, tls, id).await,
                 None => tracing::warn!(%peer, "verified certificate without a device id"),
             }

@@ -126,33 +126,13 @@ impl Default for EncoderSettings {
     }
 }
 
-/// Heights offered by the settings form.
-pub const HEIGHTS: [u32; 4] = [480, 720, 1080, 2160];
-/// Frame rates offered by the settings form.
-pub const FRAME_RATES: [u32; 5] = [24, 25, 30, 50, 60];
+pub use strata_proto::message::{FRAME_RATES, HEIGHTS};
 
 impl EncoderSettings {
-    /// Checks the settings; the message names the field.
+    /// Checks the settings; the message names the field (the device's own rules).
     pub fn validate(&self, inventory: &Inventory) -> Result<(), String> {
-        if self.input != "test" && !inventory.inputs.iter().any(|i| i.id == self.input) {
-            return Err(format!(
-                "input '{}' is not one of this sender's inputs",
-                self.input
-            ));
-        }
-        if !HEIGHTS.contains(&self.height) {
-            return Err(format!("height must be one of {HEIGHTS:?}"));
-        }
-        if !FRAME_RATES.contains(&self.fps) {
-            return Err(format!("fps must be one of {FRAME_RATES:?}"));
-        }
-        if !(200..=50_000).contains(&self.min_kbps) || !(200..=50_000).contains(&self.max_kbps) {
-            return Err("bitrates must be between 200 and 50000 kbit/s".into());
-        }
-        if self.min_kbps > self.max_kbps {
-            return Err("minimum bitrate is above the maximum".into());
-        }
-        Ok(())
+        strata_proto::message::EncoderSettings::from(self)
+            .check(|id| inventory.inputs.iter().any(|i| i.id == id))
     }
 }
 

@@ -101,8 +101,17 @@ fn nonzero(n: u32) -> std::num::NonZeroU32 {
 }
 
 /// Serves HTTPS until SIGTERM or Ctrl-C, then drains requests for up to 10 s.
-pub async fn serve(config: Config) -> anyhow::Result<()> {
+pub async fn serve(mut config: Config) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // Bound first so that links in QR codes carry the real port when the
+    // configured one is 0.
+    let listener = std::net::TcpListener::bind(config.listen)
+        .with_context(|| format!("binding {}", config.listen))?;
+    listener.set_nonblocking(true)?;
+    let listen = listener.local_addr()?;
+    if config.public_url.is_empty() {
+        config.public_url = format!("https://{listen}");
+    }
     let (state, dir) = state(config).await?;
     let (cert, key) = match (&state.config.tls_cert, &state.config.tls_key) {
         (Some(c), Some(k)) => (c.clone(), k.clone()),
@@ -146,10 +155,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         }
     });
 
-    let listen = state.config.listen;
     let app = router(state);
     tracing::info!(%listen, cert = %cert.display(), "serving HTTPS");
-    axum_server::bind_rustls(listen, tls)
+    axum_server::from_tcp_rustls(listener, tls)
         .handle(handle)
         .serve(app.into_make_service_with_connect_info::<SocketAddr>())
         .await

@@ -1,0 +1,345 @@
+//! The device as the relay drives it: inventory, settings, the live stream,
+//! and every command with its reply. Commands are deduplicated by id: a
+//! repeated id gets the first answer again and changes nothing.
+
+use std::collections::VecDeque;
+
+use strata_proto::message::{
+    Command, CommandBody, DeviceMessage, Event, EventKind, Inventory, Outcome, Reply,
+};
+
+use crate::config::AgentConfig;
+use crate::inventory::{self, Inputs};
+use crate::settings::StoredSettings;
+use crate::stream::{LinkPlan, Stream, StreamRequest};
+
+/// How many answered command ids are remembered.
+const REMEMBERED: usize = 256;
+/// Most RIST ports a stream may name (one per link).
+const MAX_PORTS: usize = 16;
+
+/// The device's state.
+pub struct Device {
+    cfg: AgentConfig,
+    plan: LinkPlan,
+    inputs: Inputs,
+    /// Stored encoder settings.
+    pub settings: StoredSettings,
+    /// The live stream, if any.
+    pub stream: Option<Stream>,
+    answered: VecDeque<(u64, Outcome)>,
+    /// Messages to publish (replies, events), drained by the agent loop.
+    pub outbox: Vec<DeviceMessage>,
+    /// A certificate the relay issued, for the agent to install.
+    pub issued_certificate: Option<String>,
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Device {
+    /// The device per its configuration and stored state.
+    pub fn new(cfg: &AgentConfig) -> Device {
+        Device {
+            plan: inventory::link_plan(cfg),
+            inputs: inventory::inputs(cfg),
+            settings: StoredSettings::load(&cfg.data_dir),
+            cfg: cfg.clone(),
+            stream: None,
+            answered: VecDeque::new(),
+            outbox: Vec::new(),
+            issued_certificate: None,
+        }
+    }
+
+    /// The inventory as it is now (inputs re-scanned).
+    pub fn inventory(&mut self) -> Inventory {
+        self.inputs = inventory::inputs(&self.cfg);
+        inventory::inventory(&self.plan, &self.inputs)
+    }
+
+    /// Handles one command payload; the reply goes to the outbox. A payload
+    /// that does not decode has no id to answer: it is logged and dropped.
+    pub async fn handle(&mut self, payload: &[u8]) {
+        let cmd: Command = match strata_proto::decode::<strata_proto::RelayMessage>(payload) {
+            Ok(strata_proto::RelayMessage::Command(c)) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "dropped a command that does not decode");
+                return;
+            }
+        };
+        let outcome = match self.answered.iter().find(|(id, _)| *id == cmd.id) {
+            Some((_, o)) => o.clone(),
+            None => {
+                let o = self.execute(cmd.body).await;
+                if self.answered.len() == REMEMBERED {
+                    self.answered.pop_front();
+                }
+                self.answered.push_back((cmd.id, o.clone()));
+                o
+            }
+        };
+        if let Outcome::Failed(why) = &outcome {
+            tracing::warn!(id = cmd.id, reason = %why, "command refused");
+        }
+        self.outbox.push(DeviceMessage::Reply(Reply {
+            id: cmd.id,
+            outcome,
+        }));
+    }
+
+    async fn execute(&mut self, body: CommandBody) -> Outcome {
+        match body {
+            CommandBody::StartStream {
+                stream_id,
+                relay_host,
+                ports,
+                psk,
+                encoder,
+            } => {
+                let names = |id: &str| self.inputs.list.iter().any(|i| i.id == id);
+                if let Err(why) = encoder.check(names) {
+                    return Outcome::Failed(why);
+                }
+                if ports.is_empty() || ports.len() > MAX_PORTS || ports.contains(&0) {
+                    return Outcome::Failed(format!(
+                        "a stream needs 1 to {MAX_PORTS} RIST ports, not {ports:?}"
+                    ));
+                }
+                if relay_host.is_empty() {
+                    return Outcome::Failed("no relay host given".into());
+                }
+                if self.stream.as_ref().is_some_and(|s| s.id == stream_id) {
+                    return Outcome::Ok;
+                }
+                self.end_stream("replaced by a new stream");
+                let req = StreamRequest {
+                    stream_id: stream_id.clone(),
+                    relay_host,
+                    ports,
+                    encoder,
+                };
+                match Stream::start(&req, &psk.0, &self.plan, &self.inputs).await {
+                    Ok(s) => {
+                        self.stream = Some(s);
+                        self.event(EventKind::StreamStarted { stream_id });
+                        Outcome::Ok
+                    }
+                    Err(e) => Outcome::Failed(format!("cannot start the stream: {e:#}")),
+                }
+            }
+            CommandBody::StopStream { stream_id } => {
+                if self.stream.as_ref().is_some_and(|s| s.id == stream_id) {
+                    self.end_stream("stopped by the relay");
+                }
+                Outcome::Ok
+            }
+            CommandBody::ApplySettings(s) => {
+                let names = |id: &str| self.inputs.list.iter().any(|i| i.id == id);
+                if let Err(why) = s.check(names) {
+                    return Outcome::Failed(why);
+                }
+                if let Some(stream) = &mut self.stream {
+                    stream.set_bounds(s.min_kbps, s.max_kbps);
+                }
+                match self.settings.store(s) {
+                    Ok(()) => Outcome::Ok,
+                    Err(e) => Outcome::Failed(format!("cannot store the settings: {e:#}")),
+                }
+            }
+            CommandBody::SetModemEnabled { modem, .. }
+            | CommandBody::SetApn { modem, .. }
+            | CommandBody::UnlockSim { modem, .. } => {
+                Outcome::Failed(format!("no modem {modem:?} on this device"))
+            }
+            CommandBody::CertificateIssued { chain_pem } => {
+                self.issued_certificate = Some(chain_pem);
+                Outcome::Ok
+            }
+            CommandBody::Update { version, .. } => Outcome::Failed(format!(
+                "self-update is not built into agent {}; {version} not installed",
+                env!("CARGO_PKG_VERSION")
+            )),
+        }
+    }
+
+    /// Checks and adapts the stream; a dead stream is ended with its reason.
+    pub fn tick(&mut self) {
+        if let Some(s) = &mut self.stream
+            && let Err(why) = s.tick()
+        {
+            tracing::error!(stream = %s.id, reason = %why, "the stream failed");
+            self.end_stream(&format!("failed: {why}"));
+        }
+    }
+
+    /// Stops the live stream, if any, and says so.
+    pub fn end_stream(&mut self, reason: &str) {
+        if let Some(s) = self.stream.take() {
+            let stream_id = s.id.clone();
+            s.stop();
+            self.event(EventKind::StreamStopped {
+                stream_id,
+                reason: reason.into(),
+            });
+        }
+    }
+
+    fn event(&mut self, kind: EventKind) {
+        self.outbox.push(DeviceMessage::Event(Event {
+            ts_ms: now_ms(),
+            kind,
+        }));
+    }
+
+    /// The live stream's id.
+    pub fn streaming(&self) -> Option<String> {
+        self.stream.as_ref().map(|s| s.id.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_proto::message::{EncoderSettings, RelayMessage, Secret};
+
+    fn device(dir: &std::path::Path) -> Device {
+        gstreamer::init().unwrap();
+        let cfg: AgentConfig = toml::from_str(&format!(
+            "relay_url = \"https://127.0.0.1:1\"\ndata_dir = \"{}\"\n[inputs]\nauto_detect = false",
+            dir.display()
+        ))
+        .unwrap();
+        Device::new(&cfg)
+    }
+
+    fn cmd(id: u64, body: CommandBody) -> Vec<u8> {
+        strata_proto::encode(&RelayMessage::Command(Command { id, body }))
+    }
+
+    fn reply(d: &mut Device) -> Outcome {
+        match d.outbox.pop() {
+            Some(DeviceMessage::Reply(r)) => r.outcome,
+            other => panic!("expected a reply, got {other:?}"),
+        }
+    }
+
+    fn failed(o: Outcome) -> String {
+        match o {
+            Outcome::Failed(why) => why,
+            Outcome::Ok => panic!("expected a refusal"),
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_commands_are_answered_and_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = device(dir.path());
+        let before = d.settings.current.clone();
+
+        d.handle(b"\x01garbage").await;
+        assert!(d.outbox.is_empty(), "nothing to answer without an id");
+
+        for (bad, field) in [
+            (
+                EncoderSettings {
+                    min_kbps: 0,
+                    ..before.clone()
+                },
+                "bitrates",
+            ),
+            (
+                EncoderSettings {
+                    height: 1,
+                    ..before.clone()
+                },
+                "height",
+            ),
+            (
+                EncoderSettings {
+                    fps: 1000,
+                    ..before.clone()
+                },
+                "fps",
+            ),
+            (
+                EncoderSettings {
+                    input: "cam7".into(),
+                    ..before.clone()
+                },
+                "input",
+            ),
+            (
+                EncoderSettings {
+                    min_kbps: 5000,
+                    max_kbps: 1000,
+                    ..before.clone()
+                },
+                "minimum",
+            ),
+        ] {
+            d.handle(&cmd(
+                1 + bad.height as u64 + bad.fps as u64 + bad.min_kbps as u64,
+                CommandBody::ApplySettings(bad),
+            ))
+            .await;
+            let why = failed(reply(&mut d));
+            assert!(why.contains(field), "{why}");
+        }
+        assert_eq!(d.settings.current, before);
+        assert!(!dir.path().join("settings.json").exists());
+
+        let why = failed({
+            d.handle(&cmd(
+                50,
+                CommandBody::UnlockSim {
+                    modem: "m0".into(),
+                    pin: Secret("4321".into()),
+                },
+            ))
+            .await;
+            reply(&mut d)
+        });
+        assert!(!why.contains("4321"), "{why}");
+
+        d.handle(&cmd(
+            51,
+            CommandBody::StartStream {
+                stream_id: "s1".into(),
+                relay_host: "127.0.0.1".into(),
+                ports: vec![],
+                psk: Secret("0123456789abcdef".into()),
+                encoder: before.clone(),
+            },
+        ))
+        .await;
+        assert!(failed(reply(&mut d)).contains("RIST ports"));
+        assert!(d.stream.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_repeated_id_gets_the_first_answer_and_is_not_run_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = device(dir.path());
+        let first = EncoderSettings {
+            height: 1080,
+            ..d.settings.current.clone()
+        };
+        d.handle(&cmd(7, CommandBody::ApplySettings(first.clone())))
+            .await;
+        assert_eq!(reply(&mut d), Outcome::Ok);
+        let second = EncoderSettings {
+            height: 480,
+            ..first.clone()
+        };
+        d.handle(&cmd(7, CommandBody::ApplySettings(second))).await;
+        assert_eq!(reply(&mut d), Outcome::Ok);
+        assert_eq!(d.settings.current, first);
+        // Stored, so a restart applies them again.
+        assert_eq!(device(dir.path()).settings.current, first);
+    }
+}

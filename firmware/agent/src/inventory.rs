@@ -1,0 +1,159 @@
+//! What the device has, as the owner thinks of it: links, modems, media
+//! inputs. Published (retained) whenever it changes.
+//!
+//! Capture devices come from GStreamer's device monitor (the V4L2 provider
+//! lists every capture node with its formats), so what is offered is exactly
+//! what the pipeline can open.
+
+use std::path::PathBuf;
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use strata_proto::message::{Input, InputKind, Inventory, Link, LinkKind, TEST_PATTERN};
+
+use crate::config::AgentConfig;
+use crate::stream::LinkPlan;
+
+/// The media inputs and where each capture input lives.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Inputs {
+    /// As published.
+    pub list: Vec<Input>,
+    /// Device node of each V4L2 input id.
+    pub devices: Vec<(String, PathBuf)>,
+}
+
+impl Inputs {
+    /// The device node of a V4L2 input.
+    pub fn v4l2_device(&self, id: &str) -> Option<&PathBuf> {
+        self.devices.iter().find(|(i, _)| i == id).map(|(_, p)| p)
+    }
+}
+
+/// Lists the inputs: capture devices (if enabled) and the test pattern.
+pub fn inputs(cfg: &AgentConfig) -> Inputs {
+    let mut out = Inputs::default();
+    if cfg.inputs.auto_detect {
+        for (n, (name, path, formats)) in capture_devices().into_iter().enumerate() {
+            let id = format!("cam{n}");
+            out.devices.push((id.clone(), path));
+            out.list.push(Input {
+                id,
+                kind: InputKind::V4l2,
+                name,
+                formats,
+            });
+        }
+    }
+    if let Some(dev) = &cfg.inputs.device
+        && !out.devices.iter().any(|(_, p)| p == dev)
+    {
+        let id = format!("cam{}", out.devices.len());
+        out.devices.push((id.clone(), dev.clone()));
+        out.list.push(Input {
+            id,
+            kind: InputKind::V4l2,
+            name: dev.display().to_string(),
+            formats: Vec::new(),
+        });
+    }
+    if cfg.inputs.test_pattern || out.list.is_empty() {
+        out.list.push(Input {
+            id: TEST_PATTERN.into(),
+            kind: InputKind::TestPattern,
+            name: "Test pattern with tone".into(),
+            formats: vec!["I420 3840x2160@60".into()],
+        });
+    }
+    out
+}
+
+/// (name, device node, formats) of every V4L2 video source GStreamer sees.
+fn capture_devices() -> Vec<(String, PathBuf, Vec<String>)> {
+    let monitor = gst::DeviceMonitor::new();
+    let _ = monitor.add_filter(Some("Video/Source"), None);
+    if monitor.start().is_err() {
+        return Vec::new();
+    }
+    let mut found = Vec::new();
+    for dev in monitor.devices() {
+        let Some(props) = dev.properties() else {
+            continue;
+        };
+        let Ok(path) = props.get::<String>("device.path") else {
+            continue;
+        };
+        let formats = dev
+            .caps()
+            .map(|caps| {
+                caps.iter()
+                    .filter_map(|s| {
+                        let w = s.get::<i32>("width").ok()?;
+                        let h = s.get::<i32>("height").ok()?;
+                        let fourcc = s
+                            .get::<String>("format")
+                            .unwrap_or_else(|_| s.name().to_string());
+                        let fps = s
+                            .get::<gst::Fraction>("framerate")
+                            .map(|f| f.numer() / f.denom().max(1))
+                            .unwrap_or(0);
+                        Some(format!("{fourcc} {w}x{h}@{fps}"))
+                    })
+                    .take(32)
+                    .collect()
+            })
+            .unwrap_or_default();
+        found.push((dev.display_name().to_string(), PathBuf::from(path), formats));
+    }
+    monitor.stop();
+    found
+}
+
+/// The links the bond would use.
+pub fn links(plan: &LinkPlan) -> Vec<Link> {
+    plan.names()
+        .into_iter()
+        .map(|name| Link {
+            kind: if name.starts_with("wwan") {
+                LinkKind::Cellular
+            } else if name.starts_with("eth") || name.starts_with("en") {
+                LinkKind::Ethernet
+            } else if name.starts_with("wl") {
+                LinkKind::Wifi
+            } else {
+                LinkKind::Other
+            },
+            up: true,
+            modem: None,
+            name,
+        })
+        .collect()
+}
+
+/// The links of this configuration: emulated ones in simulation, else the
+/// `include` list minus `exclude`.
+pub fn link_plan(cfg: &AgentConfig) -> LinkPlan {
+    match &cfg.simulation {
+        Some(sim) => LinkPlan::Simulated {
+            seed: sim.seed,
+            links: sim.links.clone(),
+        },
+        None => LinkPlan::Interfaces(
+            cfg.links
+                .include
+                .iter()
+                .filter(|n| !cfg.links.exclude.contains(n))
+                .cloned()
+                .collect(),
+        ),
+    }
+}
+
+/// The whole inventory.
+pub fn inventory(plan: &LinkPlan, inputs: &Inputs) -> Inventory {
+    Inventory {
+        links: links(plan),
+        modems: Vec::new(),
+        inputs: inputs.list.clone(),
+    }
+}

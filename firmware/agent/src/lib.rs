@@ -1,0 +1,247 @@
+//! `strata-agent`: the daemon on a Strata field device.
+//!
+//! Where data goes:
+//! - first start: [`identity`] makes the device key (0600, never leaves the
+//!   device); [`enrollment`] runs the RFC 8628-shaped flow and shows the QR
+//!   code; the certificate lands in the data directory;
+//! - [`control`]: MQTT over mutual TLS to the relay's broker, retained status
+//!   with the offline status as last will, commands in, replies and
+//!   telemetry out;
+//! - [`device`]: executes commands (deduplicated by id, always answered),
+//!   holds the settings ([`settings`]) and the live [`stream`]: GStreamer
+//!   encode -> TS -> the bonded RIST sender of `strata-rist`, one link per
+//!   interface ([`inventory`]), emulated by `strata-linksim` in simulation.
+//!
+//! What we hand-write, and why: the enrollment client (a few HTTP calls of
+//! our own contract; no RFC 8628 client crate fits a CSR-carrying flow) and
+//! the command loop. Capture devices are listed with GStreamer's device
+//! monitor rather than the `v4l` crate, so that what is offered is exactly
+//! what the pipeline can open.
+//!
+//! Not built yet (the owner is told, never shown a control that does
+//! nothing): modems over ModemManager and links from NetworkManager (links
+//! come from `[links] include` or `[simulation]`), self-update, media files
+//! as inputs, hardware encoders, the local status page.
+
+pub mod config;
+pub mod control;
+pub mod device;
+pub mod enrollment;
+pub mod identity;
+pub mod inventory;
+pub mod settings;
+pub mod stream;
+
+use std::time::Duration;
+
+use strata_proto::message::DeviceMessage;
+use strata_proto::topic::Kind;
+
+use config::AgentConfig;
+use control::{Channel, Incoming};
+use device::Device;
+use identity::Identity;
+
+/// Telemetry and stream checks, per second.
+const TICK: Duration = Duration::from_millis(500);
+/// How often the inventory is re-read.
+const INVENTORY_EVERY: Duration = Duration::from_secs(10);
+
+/// Hooks for the program embedding the agent.
+pub struct Hooks {
+    /// Called with each new enrollment code (tests act as the owner with it).
+    pub on_pending: enrollment::OnPending,
+}
+
+impl Default for Hooks {
+    fn default() -> Self {
+        Hooks {
+            on_pending: std::sync::Arc::new(|_| {}),
+        }
+    }
+}
+
+/// Runs the agent until `shutdown` resolves.
+pub async fn run(
+    cfg: AgentConfig,
+    hooks: Hooks,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    gstreamer::init()?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .map_err(|e| anyhow::anyhow!("data_dir {}: {e}", cfg.data_dir.display()))?;
+    let mut identity = Identity::load_or_create(&cfg.data_dir)?;
+    let mut device = Device::new(&cfg);
+    tokio::pin!(shutdown);
+    loop {
+        if identity.credentials.is_none() {
+            tokio::select! {
+                r = enrollment::enroll(&cfg, &mut identity, &*hooks.on_pending) => { r?; }
+                _ = &mut shutdown => return Ok(()),
+            }
+        }
+        match serve(&mut identity, &mut device, &mut shutdown).await? {
+            Ended::Shutdown => {
+                device.end_stream("the agent stopped");
+                return Ok(());
+            }
+            Ended::Revoked => {
+                tracing::error!(
+                    "the relay revoked this device's certificate: streaming stopped; \
+                     enroll it again with the new code"
+                );
+                device.end_stream("the device was revoked");
+                identity.forget()?;
+            }
+        }
+    }
+}
+
+enum Ended {
+    Shutdown,
+    Revoked,
+}
+
+/// The enrolled device's life: control channel, commands, stream, telemetry.
+async fn serve(
+    identity: &mut Identity,
+    device: &mut Device,
+    shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> anyhow::Result<Ended> {
+    let mut channel = Channel::open(identity)?;
+    let mut connected = false;
+    let mut tick = tokio::time::interval(TICK);
+    let mut telemetry_due = false;
+    let mut last_inventory = None;
+    let mut inventory_at = tokio::time::Instant::now();
+    let mut renew_asked: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            ev = channel.incoming.recv() => match ev {
+                Some(Incoming::Connected) => {
+                    tracing::info!("control channel up");
+                    connected = true;
+                    channel.subscribe();
+                    channel.publish(Kind::Status, true, control::status(true, device.streaming()));
+                    let inv = device.inventory();
+                    channel.send(&DeviceMessage::Inventory(inv.clone()));
+                    last_inventory = Some(inv);
+                    renew_asked = None;
+                }
+                Some(Incoming::Command(payload)) => device.handle(&payload).await,
+                Some(Incoming::Disconnected(why)) => {
+                    if connected {
+                        tracing::warn!(reason = %why, "control channel down; retrying (the stream goes on)");
+                    }
+                    connected = false;
+                }
+                Some(Incoming::Revoked) | None => return Ok(Ended::Revoked),
+            },
+            _ = tick.tick() => {
+                device.tick();
+                telemetry_due = !telemetry_due;
+                if connected && telemetry_due && let Some(s) = &device.stream {
+                    channel.send(&DeviceMessage::Telemetry(s.telemetry(device::now_ms())));
+                }
+                if inventory_at.elapsed() >= INVENTORY_EVERY {
+                    inventory_at = tokio::time::Instant::now();
+                    let inv = device.inventory();
+                    if connected && last_inventory.as_ref() != Some(&inv) {
+                        channel.send(&DeviceMessage::Inventory(inv.clone()));
+                        last_inventory = Some(inv);
+                    }
+                }
+                if connected
+                    && renew_asked.is_none_or(|t| t.elapsed() > Duration::from_secs(3600))
+                    && renewal_due(identity)
+                {
+                    renew_asked = Some(tokio::time::Instant::now());
+                    match identity.csr_pem() {
+                        Ok(csr_pem) => channel.send(&DeviceMessage::Renew { csr_pem }),
+                        Err(e) => tracing::warn!(error = %e, "cannot make a renewal CSR"),
+                    }
+                }
+            }
+            _ = shutdown.as_mut() => {
+                device.end_stream("the agent stopped");
+                for m in device.outbox.drain(..) {
+                    channel.send(&m);
+                }
+                channel.close().await;
+                return Ok(Ended::Shutdown);
+            }
+        }
+        let streaming_before = last_streaming(&device.outbox);
+        for m in device.outbox.drain(..) {
+            channel.send(&m);
+        }
+        if streaming_before {
+            channel.publish(
+                Kind::Status,
+                true,
+                control::status(true, device.streaming()),
+            );
+        }
+        if let Some(chain) = device.issued_certificate.take() {
+            match install_certificate(identity, chain) {
+                Ok(()) => {
+                    tracing::info!("renewed certificate installed; reconnecting with it");
+                    channel = Channel::open(identity)?;
+                    connected = false;
+                }
+                Err(e) => tracing::error!(error = %e, "the issued certificate is unusable"),
+            }
+        }
+    }
+}
+
+/// Whether the outbox says the stream started or stopped (status changes).
+fn last_streaming(outbox: &[DeviceMessage]) -> bool {
+    outbox.iter().any(|m| {
+        matches!(
+            m,
+            DeviceMessage::Event(strata_proto::message::Event {
+                kind: strata_proto::message::EventKind::StreamStarted { .. }
+                    | strata_proto::message::EventKind::StreamStopped { .. },
+                ..
+            })
+        )
+    })
+}
+
+/// Validity of the first certificate in a PEM chain, ms since the epoch,
+/// and whether it is for `key`.
+fn validity(chain_pem: &str, key_der: &[u8]) -> anyhow::Result<(u64, u64)> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(chain_pem.as_bytes())
+        .map_err(|e| anyhow::anyhow!("not a PEM certificate: {e}"))?;
+    let cert = pem
+        .parse_x509()
+        .map_err(|e| anyhow::anyhow!("not a certificate: {e}"))?;
+    if cert.public_key().raw != key_der {
+        anyhow::bail!("the certificate is not for this device's key");
+    }
+    let ms = |t: x509_parser::time::ASN1Time| (t.timestamp().max(0) as u64) * 1000;
+    Ok((
+        ms(cert.validity().not_before),
+        ms(cert.validity().not_after),
+    ))
+}
+
+/// Past two thirds of the certificate's lifetime.
+fn renewal_due(identity: &Identity) -> bool {
+    let Some(c) = &identity.credentials else {
+        return false;
+    };
+    match validity(&c.certificate_chain_pem, &identity.public_key_der()) {
+        Ok((from, until)) => device::now_ms() > from + (until.saturating_sub(from)) * 2 / 3,
+        Err(_) => false,
+    }
+}
+
+fn install_certificate(identity: &mut Identity, chain: String) -> anyhow::Result<()> {
+    let (_, not_after) = validity(&chain, &identity.public_key_der())?;
+    if not_after <= device::now_ms() {
+        anyhow::bail!("the certificate has already expired");
+    }
+    identity.renewed(chain, not_after)
+}

@@ -1,0 +1,112 @@
+//! Encoder settings the relay pushed, kept in `<data_dir>/settings.json` and
+//! reapplied at boot.
+
+use std::path::{Path, PathBuf};
+
+use strata_proto::message::{Codec, EncoderSettings, TEST_PATTERN};
+
+/// The stored settings.
+#[derive(Debug)]
+pub struct StoredSettings {
+    path: PathBuf,
+    /// Current settings.
+    pub current: EncoderSettings,
+}
+
+/// What a device without pushed settings uses.
+pub fn defaults() -> EncoderSettings {
+    EncoderSettings {
+        input: TEST_PATTERN.into(),
+        codec: Codec::H264,
+        height: 720,
+        fps: 30,
+        min_kbps: 500,
+        max_kbps: 6000,
+        audio: true,
+    }
+}
+
+impl StoredSettings {
+    /// Loads the settings, or the defaults if none were stored or the file is unreadable.
+    pub fn load(data_dir: &Path) -> StoredSettings {
+        let path = data_dir.join("settings.json");
+        let current = match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice::<Stored>(&b)
+                .map(EncoderSettings::from)
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "stored settings unreadable; using defaults");
+                    defaults()
+                }),
+            Err(_) => defaults(),
+        };
+        StoredSettings { path, current }
+    }
+
+    /// Replaces and stores the settings (already checked).
+    pub fn store(&mut self, s: EncoderSettings) -> anyhow::Result<()> {
+        crate::identity::write_private(&self.path, &serde_json::to_vec_pretty(&Stored::from(&s))?)?;
+        self.current = s;
+        Ok(())
+    }
+}
+
+/// JSON form on disk (the wire type is postcard-only by design).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Stored {
+    input: String,
+    h265: bool,
+    height: u32,
+    fps: u32,
+    min_kbps: u32,
+    max_kbps: u32,
+    audio: bool,
+}
+
+impl From<&EncoderSettings> for Stored {
+    fn from(s: &EncoderSettings) -> Self {
+        Stored {
+            input: s.input.clone(),
+            h265: s.codec == Codec::H265,
+            height: s.height,
+            fps: s.fps,
+            min_kbps: s.min_kbps,
+            max_kbps: s.max_kbps,
+            audio: s.audio,
+        }
+    }
+}
+
+impl From<Stored> for EncoderSettings {
+    fn from(s: Stored) -> Self {
+        EncoderSettings {
+            input: s.input,
+            codec: if s.h265 { Codec::H265 } else { Codec::H264 },
+            height: s.height,
+            fps: s.fps,
+            min_kbps: s.min_kbps,
+            max_kbps: s.max_kbps,
+            audio: s.audio,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = StoredSettings::load(dir.path());
+        assert_eq!(s.current, defaults());
+        let new = EncoderSettings {
+            height: 1080,
+            codec: Codec::H265,
+            ..defaults()
+        };
+        s.store(new.clone()).unwrap();
+        assert_eq!(StoredSettings::load(dir.path()).current, new);
+        std::fs::write(dir.path().join("settings.json"), b"garbage").unwrap();
+        assert_eq!(StoredSettings::load(dir.path()).current, defaults());
+    }
+}
