@@ -35,6 +35,9 @@ pub struct AgentConfig {
     /// The local status page.
     #[serde(default)]
     pub status_page: StatusPageConfig,
+    /// Where ModemManager is.
+    #[serde(default)]
+    pub modems: ModemsConfig,
     /// Emulated links instead of real interfaces (development, demo, tests).
     #[serde(default)]
     pub simulation: Option<SimulationConfig>,
@@ -99,6 +102,27 @@ impl Default for InputsConfig {
             auto_detect: true,
             device: None,
             test_pattern: false,
+        }
+    }
+}
+
+/// `[modems]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModemsConfig {
+    /// Read modems from ModemManager.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// D-Bus address of ModemManager's bus; absent means the system bus.
+    #[serde(default)]
+    pub bus: Option<String>,
+}
+
+impl Default for ModemsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            bus: None,
         }
     }
 }

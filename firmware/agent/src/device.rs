@@ -10,6 +10,7 @@ use strata_proto::message::{
 
 use crate::config::AgentConfig;
 use crate::inventory::{self, Inputs};
+use crate::modems::ModemManager;
 use crate::settings::StoredSettings;
 use crate::stream::{LinkPlan, Stream, StreamRequest};
 
@@ -32,6 +33,46 @@ pub struct Device {
     pub outbox: Vec<DeviceMessage>,
     /// A certificate the relay issued, for the agent to install.
     pub issued_certificate: Option<String>,
+    modem_manager: Option<ModemManager>,
+    /// The modems as last read.
+    pub modems: Vec<strata_proto::message::Modem>,
+}
+
+/// A command's name for the log (never its fields: some are secrets).
+fn name(body: &CommandBody) -> &'static str {
+    match body {
+        CommandBody::StartStream { .. } => "start-stream",
+        CommandBody::StopStream { .. } => "stop-stream",
+        CommandBody::ApplySettings(_) => "apply-settings",
+        CommandBody::SetModemEnabled { .. } => "set-modem-enabled",
+        CommandBody::SetApn { .. } => "set-apn",
+        CommandBody::UnlockSim { .. } => "unlock-sim",
+        CommandBody::CertificateIssued { .. } => "certificate-issued",
+        CommandBody::Update { .. } => "update",
+    }
+}
+
+fn outcome(r: Result<(), String>) -> Outcome {
+    match r {
+        Ok(()) => Outcome::Ok,
+        Err(why) => Outcome::Failed(why),
+    }
+}
+
+fn no_modem_manager(modem: &str) -> Outcome {
+    Outcome::Failed(format!(
+        "no modem {modem:?} on this device (ModemManager is not reachable)"
+    ))
+}
+
+/// The SoC temperature from the first thermal zone, °C.
+fn cpu_temperature() -> Option<f32> {
+    let milli: f32 = std::fs::read_to_string("/sys/class/thermal/thermal_zone0/temp")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(milli / 1000.0)
 }
 
 /// Milliseconds since the epoch.
@@ -53,13 +94,62 @@ impl Device {
             answered: VecDeque::new(),
             outbox: Vec::new(),
             issued_certificate: None,
+            modem_manager: None,
+            modems: Vec::new(),
         }
     }
 
-    /// The inventory as it is now (inputs re-scanned).
-    pub fn inventory(&mut self) -> Inventory {
+    /// The inventory as it is now (inputs and modems read again).
+    pub async fn inventory(&mut self) -> Inventory {
         self.inputs = inventory::inputs(&self.cfg);
-        inventory::inventory(&self.plan, &self.inputs)
+        self.modems = match self.modem_manager().await {
+            Some(mm) => match mm.modems().await {
+                Ok(found) => found.into_iter().map(|f| f.modem).collect(),
+                Err(e) => {
+                    tracing::debug!(error = %e, "ModemManager did not answer");
+                    Vec::new()
+                }
+            },
+            None => Vec::new(),
+        };
+        let mut inv = inventory::inventory(&self.plan, &self.inputs);
+        for link in &mut inv.links {
+            link.modem = self
+                .modems
+                .iter()
+                .find(|m| m.interface.as_deref() == Some(link.name.as_str()))
+                .map(|m| m.id.clone());
+        }
+        inv.modems = self.modems.clone();
+        inv
+    }
+
+    /// ModemManager, connected on first use (and retried while it is not there).
+    async fn modem_manager(&mut self) -> Option<ModemManager> {
+        if !self.cfg.modems.enabled {
+            return None;
+        }
+        if self.modem_manager.is_none() {
+            match ModemManager::connect(self.cfg.modems.bus.as_deref()).await {
+                Ok(mm) => self.modem_manager = Some(mm),
+                Err(e) => tracing::debug!(error = %e, "no D-Bus for ModemManager"),
+            }
+        }
+        self.modem_manager.clone()
+    }
+
+    /// Live numbers of the stream, with each cellular link's modem signal.
+    pub fn telemetry(&self) -> Option<strata_proto::message::Telemetry> {
+        let mut t = self.stream.as_ref()?.telemetry(now_ms());
+        for l in &mut t.links {
+            l.signal_percent = self
+                .modems
+                .iter()
+                .find(|m| m.interface.as_deref() == Some(l.name.as_str()))
+                .map(|m| m.signal_percent);
+        }
+        t.cpu_temp_c = cpu_temperature();
+        Some(t)
     }
 
     /// Handles one command payload; the reply goes to the outbox. A payload
@@ -72,6 +162,7 @@ impl Device {
                 return;
             }
         };
+        tracing::info!(id = cmd.id, command = name(&cmd.body), "command received");
         let outcome = match self.answered.iter().find(|(id, _)| *id == cmd.id) {
             Some((_, o)) => o.clone(),
             None => {
@@ -151,11 +242,18 @@ impl Device {
                     Err(e) => Outcome::Failed(format!("cannot store the settings: {e:#}")),
                 }
             }
-            CommandBody::SetModemEnabled { modem, .. }
-            | CommandBody::SetApn { modem, .. }
-            | CommandBody::UnlockSim { modem, .. } => {
-                Outcome::Failed(format!("no modem {modem:?} on this device"))
-            }
+            CommandBody::SetModemEnabled { modem, enabled } => match self.modem_manager().await {
+                Some(mm) => outcome(mm.set_enabled(&modem, enabled).await),
+                None => no_modem_manager(&modem),
+            },
+            CommandBody::SetApn { modem, apn } => match self.modem_manager().await {
+                Some(mm) => outcome(mm.set_apn(&modem, &apn).await),
+                None => no_modem_manager(&modem),
+            },
+            CommandBody::UnlockSim { modem, pin } => match self.modem_manager().await {
+                Some(mm) => outcome(mm.unlock_sim(&modem, &pin.0).await),
+                None => no_modem_manager(&modem),
+            },
             CommandBody::CertificateIssued { chain_pem } => {
                 self.issued_certificate = Some(chain_pem);
                 Outcome::Ok

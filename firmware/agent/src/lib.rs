@@ -10,7 +10,9 @@
 //! - [`device`]: executes commands (deduplicated by id, always answered),
 //!   holds the settings ([`settings`]) and the live [`stream`]: GStreamer
 //!   encode -> TS -> the bonded RIST sender of `strata-rist`, one link per
-//!   interface ([`inventory`]), emulated by `strata-linksim` in simulation.
+//!   interface ([`inventory`]), emulated by `strata-linksim` in simulation;
+//! - [`modems`]: ModemManager over D-Bus (zbus) for the modems in the
+//!   inventory, their signal in telemetry, and the owner's modem commands.
 //!
 //! What we hand-write, and why: the enrollment client (a few HTTP calls of
 //! our own contract; no RFC 8628 client crate fits a CSR-carrying flow) and
@@ -19,9 +21,9 @@
 //! what the pipeline can open.
 //!
 //! Not built yet (the owner is told, never shown a control that does
-//! nothing): modems over ModemManager and links from NetworkManager (links
-//! come from `[links] include` or `[simulation]`), self-update, media files
-//! as inputs, hardware encoders, the local status page.
+//! nothing): links from NetworkManager (links come from `[links] include` or
+//! `[simulation]`), self-update, media files as inputs, hardware encoders,
+//! the local status page.
 
 pub mod config;
 pub mod control;
@@ -29,6 +31,7 @@ pub mod device;
 pub mod enrollment;
 pub mod identity;
 pub mod inventory;
+pub mod modems;
 pub mod settings;
 pub mod stream;
 
@@ -123,7 +126,7 @@ async fn serve(
                     connected = true;
                     channel.subscribe();
                     channel.publish(Kind::Status, true, control::status(true, device.streaming()));
-                    let inv = device.inventory();
+                    let inv = device.inventory().await;
                     channel.send(&DeviceMessage::Inventory(inv.clone()));
                     last_inventory = Some(inv);
                     renew_asked = None;
@@ -140,12 +143,12 @@ async fn serve(
             _ = tick.tick() => {
                 device.tick();
                 telemetry_due = !telemetry_due;
-                if connected && telemetry_due && let Some(s) = &device.stream {
-                    channel.send(&DeviceMessage::Telemetry(s.telemetry(device::now_ms())));
+                if connected && telemetry_due && let Some(t) = device.telemetry() {
+                    channel.send(&DeviceMessage::Telemetry(t));
                 }
                 if inventory_at.elapsed() >= INVENTORY_EVERY {
                     inventory_at = tokio::time::Instant::now();
-                    let inv = device.inventory();
+                    let inv = device.inventory().await;
                     if connected && last_inventory.as_ref() != Some(&inv) {
                         channel.send(&DeviceMessage::Inventory(inv.clone()));
                         last_inventory = Some(inv);

@@ -1,0 +1,261 @@
+//! Cellular modems over ModemManager's D-Bus API
+//! (`org.freedesktop.ModemManager1`, zbus): what the owner sees (model,
+//! IMEI, SIM, operator, access technology, signal, RSRP/RSRQ/SINR) and the
+//! owner's commands (enable, APN, SIM PIN). A PIN is only ever passed to
+//! ModemManager, never logged or echoed in a reply.
+
+use std::collections::HashMap;
+
+use strata_proto::message::{Modem, SimState};
+use zbus::zvariant::{OwnedObjectPath, OwnedValue, Value};
+
+const SERVICE: &str = "org.freedesktop.ModemManager1";
+const ROOT: &str = "/org/freedesktop/ModemManager1";
+const MODEM: &str = "org.freedesktop.ModemManager1.Modem";
+const MODEM_3GPP: &str = "org.freedesktop.ModemManager1.Modem.Modem3gpp";
+const SIGNAL: &str = "org.freedesktop.ModemManager1.Modem.Signal";
+const SIM: &str = "org.freedesktop.ModemManager1.Sim";
+
+/// MMModemLock: `MM_MODEM_LOCK_NONE`.
+const LOCK_NONE: u32 = 1;
+/// MMModemState: enabled and beyond (enabled, searching, registered, …).
+const STATE_ENABLED: i32 = 6;
+/// MMModemPortType: network interface.
+const PORT_NET: u32 = 2;
+/// Seconds between ModemManager's signal refreshes (Signal.Setup).
+const SIGNAL_RATE_S: u32 = 10;
+
+type Props = HashMap<String, OwnedValue>;
+
+/// A connection to ModemManager.
+#[derive(Debug, Clone)]
+pub struct ModemManager {
+    conn: zbus::Connection,
+}
+
+/// A modem and where it lives on the bus.
+#[derive(Debug, Clone)]
+pub struct FoundModem {
+    /// Object path.
+    pub path: OwnedObjectPath,
+    /// SIM object path, if a SIM is in.
+    pub sim: Option<OwnedObjectPath>,
+    /// What the owner sees.
+    pub modem: Modem,
+}
+
+impl ModemManager {
+    /// Connects to the system bus, or to `address` (a private bus in tests).
+    pub async fn connect(address: Option<&str>) -> zbus::Result<ModemManager> {
+        let conn = match address {
+            Some(a) => zbus::connection::Builder::address(a)?.build().await?,
+            None => zbus::Connection::system().await?,
+        };
+        Ok(ModemManager { conn })
+    }
+
+    /// Every modem ModemManager knows, sorted by object path.
+    pub async fn modems(&self) -> zbus::Result<Vec<FoundModem>> {
+        let om = zbus::fdo::ObjectManagerProxy::builder(&self.conn)
+            .destination(SERVICE)?
+            .path(ROOT)?
+            .build()
+            .await?;
+        let objects = om.get_managed_objects().await?;
+        let mut out = Vec::new();
+        for (path, ifaces) in objects {
+            let Some(m) = ifaces
+                .iter()
+                .find(|(n, _)| n.as_str() == MODEM)
+                .map(|(_, p)| p)
+            else {
+                continue;
+            };
+            let gpp = ifaces
+                .iter()
+                .find(|(n, _)| n.as_str() == MODEM_3GPP)
+                .map(|(_, p)| p);
+            let signal = ifaces
+                .iter()
+                .find(|(n, _)| n.as_str() == SIGNAL)
+                .map(|(_, p)| p);
+            if signal.is_some() {
+                // Signal values stay empty until someone asks for a refresh rate.
+                let _ = self.call(&path, SIGNAL, "Setup", &(SIGNAL_RATE_S,)).await;
+            }
+            let sim = get::<OwnedObjectPath>(m, "Sim").filter(|p| p.as_str() != "/");
+            let sim_state = match (&sim, get::<u32>(m, "UnlockRequired")) {
+                (None, _) => SimState::Missing,
+                (Some(_), Some(LOCK_NONE)) => SimState::Ready,
+                (Some(_), Some(0) | None) => SimState::Unknown,
+                (Some(_), Some(_)) => SimState::Locked,
+            };
+            let lte = signal.and_then(|s| get::<Props>(s, "Lte"));
+            let nr = signal.and_then(|s| get::<Props>(s, "Nr5g"));
+            let radio = |k: &str| {
+                nr.as_ref()
+                    .and_then(|p| get::<f64>(p, k))
+                    .or_else(|| lte.as_ref().and_then(|p| get::<f64>(p, k)))
+                    .map(|v| v as f32)
+            };
+            let interface = get::<Vec<(String, u32)>>(m, "Ports")
+                .unwrap_or_default()
+                .into_iter()
+                .find(|(_, t)| *t == PORT_NET)
+                .map(|(n, _)| n);
+            let equipment = get::<String>(m, "EquipmentIdentifier").unwrap_or_default();
+            let imei = gpp
+                .and_then(|g| get::<String>(g, "Imei"))
+                .unwrap_or_else(|| equipment.clone());
+            out.push(FoundModem {
+                modem: Modem {
+                    id: if equipment.is_empty() {
+                        path.as_str()
+                            .rsplit('/')
+                            .next()
+                            .unwrap_or_default()
+                            .to_string()
+                    } else {
+                        equipment
+                    },
+                    manufacturer: get::<String>(m, "Manufacturer").unwrap_or_default(),
+                    model: get::<String>(m, "Model").unwrap_or_default(),
+                    imei,
+                    sim: sim_state,
+                    operator: gpp
+                        .and_then(|g| get::<String>(g, "OperatorName"))
+                        .filter(|o| !o.is_empty()),
+                    access_tech: access_tech(get::<u32>(m, "AccessTechnologies").unwrap_or(0)),
+                    signal_percent: get::<(u32, bool)>(m, "SignalQuality")
+                        .map_or(0, |(q, _)| q.min(100) as u8),
+                    rsrp_dbm: radio("rsrp"),
+                    rsrq_db: radio("rsrq"),
+                    sinr_db: radio("snr"),
+                    enabled: get::<i32>(m, "State").is_some_and(|s| s >= STATE_ENABLED),
+                    apn: None,
+                    interface,
+                },
+                sim,
+                path,
+            });
+        }
+        out.sort_by(|a, b| a.path.as_str().cmp(b.path.as_str()));
+        Ok(out)
+    }
+
+    async fn find(&self, id: &str) -> Result<FoundModem, String> {
+        self.modems()
+            .await
+            .map_err(|e| format!("ModemManager: {e}"))?
+            .into_iter()
+            .find(|m| m.modem.id == id)
+            .ok_or_else(|| format!("no modem {id:?} on this device"))
+    }
+
+    async fn call<B>(
+        &self,
+        path: &OwnedObjectPath,
+        iface: &str,
+        method: &str,
+        body: &B,
+    ) -> zbus::Result<()>
+    where
+        B: serde::Serialize + zbus::zvariant::DynamicType,
+    {
+        self.conn
+            .call_method(Some(SERVICE), path.as_str(), Some(iface), method, body)
+            .await
+            .map(|_| ())
+    }
+
+    /// Enables or disables a modem.
+    pub async fn set_enabled(&self, id: &str, enabled: bool) -> Result<(), String> {
+        let m = self.find(id).await?;
+        self.call(&m.path, MODEM, "Enable", &(enabled,))
+            .await
+            .map_err(|e| format!("ModemManager refused: {}", mm_error(&e)))
+    }
+
+    /// Sets the APN of the default LTE bearer (attach APN).
+    pub async fn set_apn(&self, id: &str, apn: &str) -> Result<(), String> {
+        if apn.is_empty() || apn.len() > 100 || !apn.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("an APN is 1 to 100 printable characters".into());
+        }
+        let m = self.find(id).await?;
+        let settings: HashMap<&str, Value<'_>> = HashMap::from([("apn", Value::from(apn))]);
+        self.call(
+            &m.path,
+            MODEM_3GPP,
+            "SetInitialEpsBearerSettings",
+            &(settings,),
+        )
+        .await
+        .map_err(|e| format!("ModemManager refused: {}", mm_error(&e)))
+    }
+
+    /// Unlocks the modem's SIM with a PIN.
+    pub async fn unlock_sim(&self, id: &str, pin: &str) -> Result<(), String> {
+        if !(4..=8).contains(&pin.len()) || !pin.bytes().all(|b| b.is_ascii_digit()) {
+            return Err("a PIN is 4 to 8 digits".into());
+        }
+        let m = self.find(id).await?;
+        let sim = m.sim.ok_or_else(|| format!("modem {id:?} has no SIM"))?;
+        // The error text is ModemManager's own ("wrong PIN"); it never holds the PIN.
+        self.call(&sim, SIM, "SendPin", &(pin,))
+            .await
+            .map_err(|e| format!("the SIM refused the PIN: {}", mm_error(&e)))
+    }
+}
+
+fn get<T>(props: &Props, key: &str) -> Option<T>
+where
+    T: TryFrom<OwnedValue>,
+{
+    props
+        .get(key)?
+        .try_clone()
+        .ok()
+        .and_then(|v| T::try_from(v).ok())
+}
+
+fn mm_error(e: &zbus::Error) -> String {
+    match e {
+        zbus::Error::MethodError(name, msg, _) => match msg {
+            Some(m) => format!("{m} ({})", name.as_str()),
+            None => name.as_str().to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
+/// The most capable technology in an MMModemAccessTechnology mask.
+fn access_tech(mask: u32) -> String {
+    const NAMES: [(u32, &str); 8] = [
+        (1 << 15, "5gnr"),
+        (1 << 14, "lte"),
+        (1 << 9 | 1 << 10 | 1 << 11 | 1 << 8, "hspa"),
+        (1 << 5, "umts"),
+        (1 << 4, "edge"),
+        (1 << 3, "gprs"),
+        (1 << 1 | 1 << 2, "gsm"),
+        (u32::MAX, "unknown"),
+    ];
+    NAMES
+        .iter()
+        .find(|(bits, _)| mask & bits != 0)
+        .map_or("unknown", |(_, n)| n)
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn access_technology_names_the_best() {
+        assert_eq!(access_tech(1 << 14 | 1 << 5), "lte");
+        assert_eq!(access_tech(1 << 15 | 1 << 14), "5gnr");
+        assert_eq!(access_tech(1 << 5), "umts");
+        assert_eq!(access_tech(0), "unknown");
+    }
+}
