@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use strata_agent::config::AgentConfig;
 use strata_agent::enrollment::Pending;
+use support::fake_mm::{fake_modem_manager, private_bus};
 use support::{Owner, Proxy, Relay, probe, until};
 use tokio::sync::{mpsc, oneshot};
 
@@ -32,12 +33,14 @@ impl RunningAgent {
     }
 }
 
-fn config(relay: &Relay, data: &std::path::Path) -> AgentConfig {
+fn config(relay: &Relay, data: &std::path::Path, modem_bus: &str) -> AgentConfig {
     let text = format!(
         r#"
 relay_url = "{url}"
 relay_ca_file = "{ca}"
 data_dir = "{data}"
+[modems]
+bus = "{modem_bus}"
 [simulation]
 seed = 7
 [[simulation.link]]
@@ -98,7 +101,10 @@ async fn enroll_stream_survive_control_outage_restart_and_revoke() {
     target.send(relay.broker_port).unwrap();
     let owner = Owner::login(&relay).await;
     let agent_data = tmp.path().join("agent");
-    let cfg = config(&relay, &agent_data);
+    let bus = private_bus();
+    let modem = support::fake_mm::state();
+    let _mm = fake_modem_manager(&bus, modem.clone()).await;
+    let cfg = config(&relay, &agent_data, &bus.address);
 
     // Enrollment: the agent shows a code, the owner claims it.
     let (codes_tx, mut codes) = mpsc::unbounded_channel();
@@ -130,6 +136,33 @@ async fn enroll_stream_survive_control_outage_restart_and_revoke() {
     })
     .await;
     let id = id.lock().unwrap().clone();
+
+    // The modem (behind wwan0) as the owner sees it, and the SIM PIN typed on
+    // the sender page reaching ModemManager on the device.
+    let modem_id = sender(&owner, &id).await["inventory"]["modems"][0]["id"]
+        .as_str()
+        .expect("a modem in the inventory")
+        .to_string();
+    let page = format!("/o/{}/senders/{id}", owner.org);
+    let action = format!("{page}/modems/{modem_id}");
+    let (status, html) = owner
+        .form(&page, &action, &[("action", "pin"), ("pin", "9999")])
+        .await;
+    assert_eq!(status, 200);
+    assert!(
+        html.contains("The device refused") && html.contains("Incorrect password"),
+        "{html}"
+    );
+    assert!(modem.lock().unwrap().locked);
+    let (_, html) = owner
+        .form(&page, &action, &[("action", "pin"), ("pin", "1234")])
+        .await;
+    assert!(
+        html.contains("SIM unlocked: the device confirmed"),
+        "{html}"
+    );
+    assert!(!html.contains("value=\"1234\""), "the PIN is not echoed");
+    assert!(!modem.lock().unwrap().locked);
     let key = std::fs::read_to_string(agent_data.join("identity/device.key")).unwrap();
 
     // A recording destination, and a stream to it.

@@ -116,6 +116,16 @@ fn routes() -> Vec<Route> {
             Owner,
             "confirm=yes",
         ),
+        // The matrix's senders report no modem: an allowed caller gets 404.
+        Route {
+            allowed: Some(404),
+            ..page(
+                "POST",
+                "/o/{org}/senders/{sender}/modems/m0",
+                Operator,
+                "action=enable",
+            )
+        },
         api_route("GET", "/api/v1/o/{org}/senders", Viewer, ""),
         api_route("GET", "/api/v1/o/{org}/senders/{sender}", Viewer, ""),
         api_route(

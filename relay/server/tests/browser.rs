@@ -69,12 +69,16 @@ async fn log_in_add_destination_change_settings_log_out() {
             },
         ],
         modems: vec![ModemInfo {
+            id: "359072060000001".into(),
             model: "EM7455".into(),
             operator: "Telia".into(),
             technology: "lte".into(),
             signal_percent: 71,
             sim: "ready".into(),
             interface: "wwan0".into(),
+            enabled: true,
+            rsrp_dbm: Some(-97.0),
+            sinr_db: Some(12.0),
         }],
         inputs: vec![InputInfo {
             id: "hdmi0".into(),

@@ -1,7 +1,11 @@
 //! The world around the agent in the end-to-end tests: a real `strata-relay`
 //! process (which runs real `strata-receiver` workers), an owner driving it
 //! over HTTPS like a browser and its JSON API, and a TCP proxy in front of
-//! the broker that a test can cut.
+//! the broker that a test can cut; and a fake ModemManager ([`fake_mm`]).
+
+#![allow(dead_code)]
+
+pub mod fake_mm;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -206,6 +210,30 @@ impl Owner {
             .await
             .unwrap();
         assert!(resp.status().is_success(), "claim: {}", resp.status());
+    }
+
+    /// Posts a dashboard form (with the CSRF token of `page`); returns status and HTML.
+    pub async fn form(&self, page: &str, action: &str, fields: &[(&str, &str)]) -> (u16, String) {
+        let html = self
+            .http
+            .get(format!("{}{page}", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let token = csrf(&html);
+        let mut all = fields.to_vec();
+        all.push(("_csrf", &token));
+        let resp = self
+            .http
+            .post(format!("{}{action}", self.base))
+            .form(&all)
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
     }
 
     /// An API call; returns status and JSON (Null when empty).

@@ -55,6 +55,8 @@ pub struct LinkInfo {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct ModemInfo {
+    /// Id the device's modem commands refer to (equipment identifier).
+    pub id: String,
     /// Model.
     pub model: String,
     /// Operator name.
@@ -67,6 +69,12 @@ pub struct ModemInfo {
     pub sim: String,
     /// Interface carrying its data.
     pub interface: String,
+    /// Enabled by the owner.
+    pub enabled: bool,
+    /// LTE/5G RSRP, dBm, where the modem reports it.
+    pub rsrp_dbm: Option<f32>,
+    /// LTE/5G SINR, dB, where the modem reports it.
+    pub sinr_db: Option<f32>,
 }
 
 /// One media input.
@@ -351,6 +359,10 @@ impl From<&strata_proto::message::Inventory> for Inventory {
                 .modems
                 .iter()
                 .map(|m| ModemInfo {
+                    id: m.id.clone(),
+                    enabled: m.enabled,
+                    rsrp_dbm: m.rsrp_dbm,
+                    sinr_db: m.sinr_db,
                     model: format!("{} {}", m.manufacturer, m.model).trim().to_string(),
                     operator: m.operator.clone().unwrap_or_default(),
                     technology: m.access_tech.clone(),

@@ -12,6 +12,7 @@ mod live;
 pub mod metrics;
 mod pages_account;
 mod pages_claim;
+mod pages_modems;
 mod pages_org;
 mod pages_senders;
 mod serve;
@@ -137,6 +138,10 @@ pub fn router(state: AppState) -> Router {
             get(pages_senders::settings_redirect).post(pages_senders::save_settings),
         )
         .route("/o/{org}/senders/{id}/revoke", post(pages_senders::revoke))
+        .route(
+            "/o/{org}/senders/{id}/modems/{modem}",
+            post(pages_modems::modem_action),
+        )
         .route(
             "/o/{org}/senders/{id}/start",
             post(stream_control::start_page),

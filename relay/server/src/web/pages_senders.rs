@@ -258,7 +258,8 @@ impl ChartFragment {
 
 #[derive(Template)]
 #[template(path = "sender.html")]
-struct DetailPage {
+/// The sender page.
+pub(super) struct DetailPage {
     nav: Nav,
     status: StatusFragment,
     /// Rendered chart fragment.
@@ -293,7 +294,8 @@ pub struct DetailQuery {
     started: Option<u8>,
 }
 
-async fn detail_page(
+/// The sender page with a message or an error.
+pub(super) async fn detail_page(
     state: &AppState,
     caller: &Caller,
     id: &str,

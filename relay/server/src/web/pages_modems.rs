@@ -1,0 +1,124 @@
+//! The owner's modem actions on the sender page: enable or disable a modem,
+//! set its APN, unlock its SIM. Each is a command to the device, which
+//! answers with ModemManager's outcome; the page shows that answer. A PIN
+//! goes to the device only and is never logged or shown.
+
+use askama::Template;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use serde::Deserialize;
+use strata_proto::message::{CommandBody, Outcome, Secret};
+
+use super::pages_senders::detail_page;
+use super::{AppError, AppState, Form};
+use crate::auth::Caller;
+use crate::registry::{CommandError, REPLY_TIMEOUT};
+use crate::store::accounts::Role;
+use crate::store::senders;
+
+/// One modem action.
+#[derive(Deserialize)]
+pub struct ModemForm {
+    /// `enable`, `disable`, `apn` or `pin`.
+    action: String,
+    /// The APN, for `apn`.
+    #[serde(default)]
+    apn: String,
+    /// The SIM PIN, for `pin`.
+    #[serde(default)]
+    pin: String,
+}
+
+/// What an action becomes, or why it is refused before reaching the device.
+fn command(modem: String, form: ModemForm) -> Result<(CommandBody, &'static str), String> {
+    Ok(match form.action.as_str() {
+        "enable" | "disable" => (
+            CommandBody::SetModemEnabled {
+                modem,
+                enabled: form.action == "enable",
+            },
+            "Modem switched",
+        ),
+        "apn" => {
+            let apn = form.apn.trim().to_string();
+            if apn.is_empty() || apn.len() > 100 || !apn.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err("an APN is 1 to 100 printable characters without spaces".into());
+            }
+            (CommandBody::SetApn { modem, apn }, "APN set")
+        }
+        "pin" => {
+            if !(4..=8).contains(&form.pin.len()) || !form.pin.bytes().all(|b| b.is_ascii_digit()) {
+                return Err("a PIN is 4 to 8 digits".into());
+            }
+            (
+                CommandBody::UnlockSim {
+                    modem,
+                    pin: Secret(form.pin),
+                },
+                "SIM unlocked",
+            )
+        }
+        other => return Err(format!("unknown modem action {other:?}")),
+    })
+}
+
+/// POST /o/{org}/senders/{id}/modems/{modem}
+pub async fn modem_action(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((_, id, modem)): Path<(String, String, String)>,
+    Form(form): Form<ModemForm>,
+) -> Result<Response, AppError> {
+    caller.require(Role::Operator)?;
+    let sender = senders::get(&state.db, &caller.org.id, &id)
+        .await?
+        .ok_or(AppError::NotFound)?;
+    if !sender.inventory().modems.iter().any(|m| m.id == modem) {
+        return Err(AppError::NotFound);
+    }
+    let (body, done) = match command(modem.clone(), form) {
+        Ok(c) => c,
+        Err(why) => {
+            let page = detail_page(&state, &caller, &id, None, "", &why).await?;
+            return Ok((StatusCode::BAD_REQUEST, Html(page.render()?)).into_response());
+        }
+    };
+    let (message, error) = match state.devices.command(&id, body, REPLY_TIMEOUT).await {
+        Ok(Outcome::Ok) => (format!("{done}: the device confirmed."), String::new()),
+        Ok(Outcome::Failed(why)) => (String::new(), format!("The device refused: {why}")),
+        Err(CommandError::Offline) => (
+            String::new(),
+            "The device is offline; modem actions need it online.".into(),
+        ),
+        Err(e) => (String::new(), format!("No answer from the device: {e}")),
+    };
+    tracing::info!(org = %caller.org.id, sender = %id, %modem, user = %caller.user.email, ok = error.is_empty(), "modem action");
+    let page = detail_page(&state, &caller, &id, None, &message, &error).await?;
+    Ok(Html(page.render()?).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn form(action: &str, apn: &str, pin: &str) -> ModemForm {
+        ModemForm {
+            action: action.into(),
+            apn: apn.into(),
+            pin: pin.into(),
+        }
+    }
+
+    #[test]
+    fn actions_are_checked_before_they_reach_the_device() {
+        assert!(command("m".into(), form("enable", "", "")).is_ok());
+        assert!(command("m".into(), form("apn", "internet", "")).is_ok());
+        assert!(command("m".into(), form("apn", "has space", "")).is_err());
+        assert!(command("m".into(), form("pin", "", "12a4")).is_err());
+        assert!(command("m".into(), form("pin", "", "123")).is_err());
+        assert!(command("m".into(), form("reboot", "", "")).is_err());
+        let (body, _) = command("m".into(), form("pin", "", "1234")).unwrap();
+        assert!(!format!("{body:?}").contains("1234"));
+    }
+}
