@@ -29,7 +29,7 @@ pub(crate) fn peer_config(
 ) -> anyhow::Result<sys::rist_peer_config> {
     let mut cfg = sys::rist_peer_config::default();
     // SAFETY: cfg is a valid, writable rist_peer_config.
-    unsafe { sys::rist_peer_config_defaults_set(&mut cfg) };
+    unsafe { sys::peer_config_defaults(&mut cfg) };
     set_cstr(&mut cfg.address, url)?;
     set_cstr(&mut cfg.cname, cname)?;
     cfg.recovery_length_min = buffer_ms;

@@ -34,6 +34,19 @@ fn main() {
     if let Ok(sysroot) = env::var("STRATA_SYSROOT") {
         builder = builder.clang_arg(format!("--sysroot={sysroot}"));
     }
+    // librist >= 0.2.8 turned rist_peer_config_defaults_set into a static
+    // inline over a versioned function, which bindgen cannot bind.
+    println!("cargo::rustc-check-cfg=cfg(rist_versioned_defaults)");
+    let versioned = lib
+        .include_paths
+        .iter()
+        .chain([&PathBuf::from("/usr/include")])
+        .filter_map(|dir| std::fs::read_to_string(dir.join("librist/peer.h")).ok())
+        .next()
+        .is_some_and(|h| h.contains("rist_peer_config_defaults_set_versioned"));
+    if versioned {
+        println!("cargo:rustc-cfg=rist_versioned_defaults");
+    }
     let bindings = builder.generate().expect("bindgen failed on librist.h");
     let out = PathBuf::from(env::var("OUT_DIR").unwrap()).join("bindings.rs");
     bindings.write_to_file(out).expect("writing bindings");

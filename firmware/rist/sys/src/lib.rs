@@ -11,8 +11,29 @@
     missing_docs
 )]
 #![allow(clippy::all)]
+// Newer rustc flags transmutes in bindgen's bitfield accessors.
+#![allow(unknown_lints, unnecessary_transmutes)]
 
 include!(concat!(env!("OUT_DIR"), "/bindings.rs"));
+
+/// Fills a peer configuration with librist's defaults, on every librist
+/// version: 0.2.7 exports `rist_peer_config_defaults_set`, later versions
+/// make it a static inline over `rist_peer_config_defaults_set_versioned`.
+///
+/// # Safety
+/// `cfg` must point to a writable `rist_peer_config`.
+pub unsafe fn peer_config_defaults(cfg: *mut rist_peer_config) -> i32 {
+    #[cfg(rist_versioned_defaults)]
+    // SAFETY: the caller's pointer; the version is the one of the header we were built with.
+    unsafe {
+        rist_peer_config_defaults_set_versioned(cfg, RIST_PEER_CONFIG_VERSION as i32)
+    }
+    #[cfg(not(rist_versioned_defaults))]
+    // SAFETY: the caller's pointer.
+    unsafe {
+        rist_peer_config_defaults_set(cfg)
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -26,12 +47,12 @@ mod tests {
     }
 
     #[test]
-    fn peer_config_defaults() {
+    fn peer_config_gets_defaults() {
         let mut cfg = rist_peer_config::default();
         // SAFETY: cfg is a valid, writable rist_peer_config.
-        assert_eq!(unsafe { rist_peer_config_defaults_set(&mut cfg) }, 0);
+        assert_eq!(unsafe { peer_config_defaults(&mut cfg) }, 0);
         // librist's default weight 0 means "duplicate to this peer".
         assert_eq!(cfg.weight, 0);
-        assert_eq!(cfg.recovery_length_min, RIST_DEFAULT_RECOVERY_LENGHT_MIN);
+        assert_eq!(cfg.recovery_length_min, 1000);
     }
 }
