@@ -16,14 +16,14 @@
 //!
 //! What we hand-write, and why: the enrollment client (a few HTTP calls of
 //! our own contract; no RFC 8628 client crate fits a CSR-carrying flow) and
-//! the command loop. Capture devices are listed with GStreamer's device
+//! the command loop; the status page is three HTML fragments over hyper's
+//! server. Capture devices are listed with GStreamer's device
 //! monitor rather than the `v4l` crate, so that what is offered is exactly
 //! what the pipeline can open.
 //!
 //! Not built yet (the owner is told, never shown a control that does
 //! nothing): links from NetworkManager (links come from `[links] include` or
-//! `[simulation]`), self-update, media files as inputs, hardware encoders,
-//! the local status page.
+//! `[simulation]`), self-update, media files as inputs, hardware encoders.
 
 pub mod config;
 pub mod control;
@@ -33,6 +33,7 @@ pub mod identity;
 pub mod inventory;
 pub mod modems;
 pub mod settings;
+pub mod status_page;
 pub mod stream;
 
 use std::time::Duration;
@@ -75,18 +76,34 @@ pub async fn run(
         .map_err(|e| anyhow::anyhow!("data_dir {}: {e}", cfg.data_dir.display()))?;
     let mut identity = Identity::load_or_create(&cfg.data_dir)?;
     let mut device = Device::new(&cfg);
+    let view = status_page::SharedView::default();
+    if let Some(listen) = cfg.status_page.listen {
+        status_page::serve(listen, view.clone()).await?;
+    }
     tokio::pin!(shutdown);
     loop {
         if identity.credentials.is_none() {
+            let (shown, hook) = (view.clone(), hooks.on_pending.clone());
+            let on_pending = move |p: &enrollment::Pending| {
+                shown.lock().expect("status view").pending =
+                    Some((p.user_code.clone(), p.verification_uri_complete.clone()));
+                hook(p);
+            };
             tokio::select! {
-                r = enrollment::enroll(&cfg, &mut identity, &*hooks.on_pending) => { r?; }
+                r = enrollment::enroll(&cfg, &mut identity, &on_pending) => { r?; }
                 _ = &mut shutdown => return Ok(()),
             }
+            view.lock().expect("status view").pending = None;
         }
-        match serve(&mut identity, &mut device, &mut shutdown).await? {
+        view.lock().expect("status view").device_id = identity.device_id().map(String::from);
+        match serve(&mut identity, &mut device, &view, &mut shutdown).await? {
             Ended::Shutdown => {
                 device.end_stream("the agent stopped");
                 return Ok(());
+            }
+            Ended::Unusable(why) => {
+                tracing::error!(reason = %why, "the stored certificate is unusable; enrolling again");
+                identity.forget()?;
             }
             Ended::Revoked => {
                 tracing::error!(
@@ -103,15 +120,21 @@ pub async fn run(
 enum Ended {
     Shutdown,
     Revoked,
+    /// The stored credentials cannot make a TLS client (corrupted files).
+    Unusable(String),
 }
 
 /// The enrolled device's life: control channel, commands, stream, telemetry.
 async fn serve(
     identity: &mut Identity,
     device: &mut Device,
+    view: &status_page::SharedView,
     shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> anyhow::Result<Ended> {
-    let mut channel = Channel::open(identity)?;
+    let mut channel = match Channel::open(identity) {
+        Ok(c) => c,
+        Err(e) => return Ok(Ended::Unusable(format!("{e:#}"))),
+    };
     let mut connected = false;
     let mut tick = tokio::time::interval(TICK);
     let mut telemetry_due = false;
@@ -124,6 +147,7 @@ async fn serve(
                 Some(Incoming::Connected) => {
                     tracing::info!("control channel up");
                     connected = true;
+                    view.lock().expect("status view").connected = true;
                     channel.subscribe();
                     channel.publish(Kind::Status, true, control::status(true, device.streaming()));
                     let inv = device.inventory().await;
@@ -137,13 +161,24 @@ async fn serve(
                         tracing::warn!(reason = %why, "control channel down; retrying (the stream goes on)");
                     }
                     connected = false;
+                    view.lock().expect("status view").connected = false;
                 }
                 Some(Incoming::Revoked) | None => return Ok(Ended::Revoked),
             },
             _ = tick.tick() => {
                 device.tick();
                 telemetry_due = !telemetry_due;
-                if connected && telemetry_due && let Some(t) = device.telemetry() {
+                let telemetry = device.telemetry();
+                {
+                    let mut v = view.lock().expect("status view");
+                    v.streaming = device.streaming();
+                    v.links = telemetry
+                        .iter()
+                        .flat_map(|t| &t.links)
+                        .map(|l| (l.name.clone(), format!("{:?}", l.state), l.kbps, l.rtt_ms))
+                        .collect();
+                }
+                if connected && telemetry_due && let Some(t) = telemetry {
                     channel.send(&DeviceMessage::Telemetry(t));
                 }
                 if inventory_at.elapsed() >= INVENTORY_EVERY {
