@@ -1,0 +1,104 @@
+//! The agent's stream in each codec, received by a real bonded RIST receiver
+//! and checked with ffprobe: H.264 and H.265 video with AAC audio.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use strata_agent::config::SimulatedLink;
+use strata_agent::inventory::Inputs;
+use strata_agent::stream::{LinkPlan, Stream, StreamRequest};
+use strata_proto::message::{Codec, EncoderSettings, TEST_PATTERN};
+use strata_rist::{BondedReceiver, Psk, ReceiverConfig};
+
+const PSK: &str = "codec-test-passphrase";
+
+fn codecs_of(path: &std::path::Path) -> Vec<String> {
+    let out = std::process::Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_name",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(path)
+        .output()
+        .expect("ffprobe");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+async fn stream_and_probe(codec: Codec) -> Vec<String> {
+    let receiver = BondedReceiver::new(ReceiverConfig {
+        listen: vec![
+            "127.0.0.1:0".parse().unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+        ],
+        psk: Some(Psk::new(PSK).unwrap()),
+        buffer_ms: 300,
+    })
+    .unwrap();
+    let links = ["wwan0", "wwan1"]
+        .iter()
+        .map(|n| {
+            toml::from_str::<SimulatedLink>(&format!(
+                "name = \"{n}\"\nrate_kbps = 8000\ndelay_ms = 5"
+            ))
+            .unwrap()
+        })
+        .collect();
+    let req = StreamRequest {
+        stream_id: format!("codec-{codec:?}"),
+        relay_host: "127.0.0.1".into(),
+        ports: receiver.ports(),
+        encoder: EncoderSettings {
+            input: TEST_PATTERN.into(),
+            codec,
+            height: 480,
+            fps: 25,
+            min_kbps: 800,
+            max_kbps: 1500,
+            audio: true,
+        },
+    };
+    let plan = LinkPlan::Simulated { seed: 3, links };
+    let mut stream = Stream::start(&req, PSK, &plan, &Inputs::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("out.ts");
+    let mut file = std::fs::File::create(&path).unwrap();
+    let start = Instant::now();
+    let mut bytes = 0;
+    while start.elapsed() < Duration::from_secs(5) {
+        stream.tick().unwrap();
+        if let Some(ts) =
+            tokio::task::block_in_place(|| receiver.read(Duration::from_millis(200))).unwrap()
+        {
+            bytes += ts.len();
+            file.write_all(&ts).unwrap();
+        }
+    }
+    stream.stop();
+    assert!(bytes > 200_000, "only {bytes} bytes arrived");
+    codecs_of(&path)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h264_and_h265_with_aac_arrive() {
+    gstreamer::init().unwrap();
+    let h264 = stream_and_probe(Codec::H264).await;
+    assert!(
+        h264.contains(&"h264".into()) && h264.contains(&"aac".into()),
+        "{h264:?}"
+    );
+    let h265 = stream_and_probe(Codec::H265).await;
+    assert!(
+        h265.contains(&"hevc".into()) && h265.contains(&"aac".into()),
+        "{h265:?}"
+    );
+}
