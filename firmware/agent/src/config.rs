@@ -59,10 +59,13 @@ fn default_log_level() -> String {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LinksConfig {
-    /// Use every connected interface NetworkManager reports (not built yet:
-    /// without `include` only emulated links are used).
+    /// Use every activated Ethernet, Wi-Fi and modem interface NetworkManager
+    /// reports (when `include` is empty and there is no `[simulation]`).
     #[serde(default = "yes")]
     pub auto_detect: bool,
+    /// D-Bus address of NetworkManager's bus; absent means the system bus.
+    #[serde(default)]
+    pub bus: Option<String>,
     /// Interfaces never used for streaming.
     #[serde(default)]
     pub exclude: Vec<String>,
@@ -75,6 +78,7 @@ impl Default for LinksConfig {
     fn default() -> Self {
         Self {
             auto_detect: true,
+            bus: None,
             exclude: Vec::new(),
             include: Vec::new(),
         }

@@ -11,6 +11,7 @@ use strata_proto::message::{
 use crate::config::AgentConfig;
 use crate::inventory::{self, Inputs};
 use crate::modems::ModemManager;
+use crate::network::NetworkManager;
 use crate::settings::StoredSettings;
 use crate::stream::{LinkPlan, Stream, StreamRequest};
 
@@ -34,6 +35,7 @@ pub struct Device {
     /// A certificate the relay issued, for the agent to install.
     pub issued_certificate: Option<String>,
     modem_manager: Option<ModemManager>,
+    network_manager: Option<NetworkManager>,
     /// The modems as last read.
     pub modems: Vec<strata_proto::message::Modem>,
 }
@@ -95,6 +97,7 @@ impl Device {
             outbox: Vec::new(),
             issued_certificate: None,
             modem_manager: None,
+            network_manager: None,
             modems: Vec::new(),
         }
     }
@@ -113,6 +116,9 @@ impl Device {
             None => Vec::new(),
         };
         let mut inv = inventory::inventory(&self.plan, &self.inputs);
+        if self.detects_links() {
+            inv.links = self.detect_links().await;
+        }
         for link in &mut inv.links {
             link.modem = self
                 .modems
@@ -122,6 +128,51 @@ impl Device {
         }
         inv.modems = self.modems.clone();
         inv
+    }
+
+    /// Whether links come from NetworkManager (no `include`, no simulation).
+    fn detects_links(&self) -> bool {
+        self.cfg.links.auto_detect
+            && self.cfg.links.include.is_empty()
+            && self.cfg.simulation.is_none()
+    }
+
+    /// NetworkManager's interfaces (minus `exclude`) as inventory links; the
+    /// activated ones become the link plan of the next stream.
+    async fn detect_links(&mut self) -> Vec<strata_proto::message::Link> {
+        if self.network_manager.is_none() {
+            match NetworkManager::connect(self.cfg.links.bus.as_deref()).await {
+                Ok(nm) => self.network_manager = Some(nm),
+                Err(e) => tracing::debug!(error = %e, "no D-Bus for NetworkManager"),
+            }
+        }
+        let found = match &self.network_manager {
+            Some(nm) => nm.links().await.unwrap_or_else(|e| {
+                tracing::debug!(error = %e, "NetworkManager did not answer");
+                Vec::new()
+            }),
+            None => Vec::new(),
+        };
+        let found: Vec<_> = found
+            .into_iter()
+            .filter(|l| !self.cfg.links.exclude.contains(&l.name))
+            .collect();
+        self.plan = LinkPlan::Interfaces(
+            found
+                .iter()
+                .filter(|l| l.up)
+                .map(|l| l.name.clone())
+                .collect(),
+        );
+        found
+            .into_iter()
+            .map(|l| strata_proto::message::Link {
+                name: l.name,
+                kind: l.kind,
+                up: l.up,
+                modem: None,
+            })
+            .collect()
     }
 
     /// ModemManager, connected on first use (and retried while it is not there).

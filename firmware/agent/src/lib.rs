@@ -21,9 +21,13 @@
 //! monitor rather than the `v4l` crate, so that what is offered is exactly
 //! what the pipeline can open.
 //!
+//! - [`network`]: NetworkManager over D-Bus for the links when
+//!   `[links] auto_detect` (the default) and no `include` list.
+//!
 //! Not built yet (the owner is told, never shown a control that does
-//! nothing): links from NetworkManager (links come from `[links] include` or
-//! `[simulation]`), self-update, media files as inputs, hardware encoders.
+//! nothing): self-update, media files as inputs, hardware encoders, links
+//! added to or removed from a stream while it runs (a new link is used by
+//! the next stream).
 
 pub mod config;
 pub mod control;
@@ -32,6 +36,7 @@ pub mod enrollment;
 pub mod identity;
 pub mod inventory;
 pub mod modems;
+pub mod network;
 pub mod settings;
 pub mod status_page;
 pub mod stream;

@@ -1,11 +1,13 @@
 //! The world around the agent in the end-to-end tests: a real `strata-relay`
 //! process (which runs real `strata-receiver` workers), an owner driving it
 //! over HTTPS like a browser and its JSON API, and a TCP proxy in front of
-//! the broker that a test can cut; and a fake ModemManager ([`fake_mm`]).
+//! the broker that a test can cut; a fake ModemManager ([`fake_mm`]) and
+//! NetworkManager ([`fake_nm`]).
 
 #![allow(dead_code)]
 
 pub mod fake_mm;
+pub mod fake_nm;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};

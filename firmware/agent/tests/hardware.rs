@@ -1,7 +1,8 @@
-//! Modems as the agent sees them through ModemManager's D-Bus API, on a
-//! private `dbus-daemon` where a fake `org.freedesktop.ModemManager1`
-//! (the hardware edge) implements the real interfaces: object manager,
-//! Modem, Modem3gpp, Signal and Sim.
+//! Modems and links as the agent sees them through ModemManager's and
+//! NetworkManager's D-Bus APIs, on a private `dbus-daemon` where fakes of
+//! `org.freedesktop.ModemManager1` (object manager, Modem, Modem3gpp,
+//! Signal, Sim) and `org.freedesktop.NetworkManager` (GetDevices, Device)
+//! stand in for the hardware edge and speak the real interfaces.
 
 mod support;
 
@@ -9,7 +10,7 @@ use strata_agent::config::AgentConfig;
 use strata_agent::device::Device;
 use strata_agent::modems::ModemManager;
 use strata_proto::message::{
-    Command as Cmd, CommandBody, DeviceMessage, Outcome, Secret, SimState,
+    Command as Cmd, CommandBody, DeviceMessage, LinkKind, Outcome, Secret, SimState,
 };
 use support::fake_mm::{fake_modem_manager, private_bus, state};
 
@@ -78,6 +79,7 @@ async fn commands_from_the_relay_reach_the_modem() {
     let mut device = Device::new(&cfg);
     let inv = device.inventory().await;
     assert_eq!(inv.modems.len(), 1);
+    assert_eq!(inv.links.len(), 1, "include = [wwan0]: {:?}", inv.links);
     let id = inv.modems[0].id.clone();
     assert_eq!(inv.links[0].modem.as_deref(), Some(id.as_str()));
 
@@ -137,4 +139,48 @@ async fn commands_from_the_relay_reach_the_modem() {
     let s = st.lock().unwrap();
     assert!(!s.locked && !s.enabled);
     assert_eq!(s.apn.as_deref(), Some("internet.telia.se"));
+}
+
+#[tokio::test]
+async fn links_come_from_network_manager() {
+    gstreamer::init().unwrap();
+    let bus = private_bus();
+    let _mm = fake_modem_manager(&bus, state()).await;
+    let _nm = support::fake_nm::fake_network_manager(&bus.address).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = |extra: &str| -> AgentConfig {
+        toml::from_str(&format!(
+            "relay_url = \"https://127.0.0.1:1\"\ndata_dir = \"{}\"\n[links]\nbus = \"{}\"\n{extra}\n\
+             [inputs]\nauto_detect = false\n[modems]\nbus = \"{}\"",
+            dir.path().display(),
+            bus.address,
+            bus.address
+        ))
+        .unwrap()
+    };
+    let mut device = Device::new(&cfg(""));
+    let inv = device.inventory().await;
+    let links: Vec<_> = inv
+        .links
+        .iter()
+        .map(|l| (l.name.as_str(), l.kind, l.up, l.modem.is_some()))
+        .collect();
+    assert_eq!(
+        links,
+        [
+            ("eth0", LinkKind::Ethernet, true, false),
+            // The modem's data interface, not its control port, and its modem.
+            ("wwan0", LinkKind::Cellular, true, true),
+            ("wlan0", LinkKind::Wifi, false, false),
+        ]
+    );
+    let mut device = Device::new(&cfg("exclude = [\"eth0\"]"));
+    let names: Vec<_> = device
+        .inventory()
+        .await
+        .links
+        .into_iter()
+        .map(|l| l.name)
+        .collect();
+    assert_eq!(names, ["wwan0", "wlan0"]);
 }
