@@ -157,13 +157,15 @@ impl Device {
             .into_iter()
             .filter(|l| !self.cfg.links.exclude.contains(&l.name))
             .collect();
-        self.plan = LinkPlan::Interfaces(
-            found
-                .iter()
-                .filter(|l| l.up)
-                .map(|l| l.name.clone())
-                .collect(),
-        );
+        let up: Vec<String> = found
+            .iter()
+            .filter(|l| l.up)
+            .map(|l| l.name.clone())
+            .collect();
+        if let Some(stream) = &mut self.stream {
+            stream.set_interfaces(&up);
+        }
+        self.plan = LinkPlan::Interfaces(up);
         found
             .into_iter()
             .map(|l| strata_proto::message::Link {

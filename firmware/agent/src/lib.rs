@@ -25,9 +25,7 @@
 //!   `[links] auto_detect` (the default) and no `include` list.
 //!
 //! Not built yet (the owner is told, never shown a control that does
-//! nothing): self-update, media files as inputs, hardware encoders, links
-//! added to or removed from a stream while it runs (a new link is used by
-//! the next stream).
+//! nothing): self-update, media files as inputs, hardware encoders.
 
 pub mod config;
 pub mod control;

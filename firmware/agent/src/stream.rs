@@ -73,6 +73,10 @@ pub struct Stream {
     bond: Arc<Mutex<BondedSender>>,
     /// Keeps the emulated links alive.
     _sim: Option<strata_linksim::LinkSim>,
+    /// The relay's address for each RIST port, in order.
+    remotes: Vec<SocketAddr>,
+    /// The interfaces in the bond, when bound to real interfaces.
+    interfaces: Option<Vec<String>>,
     bounds: (u32, u32),
     kbps: u32,
     frames: Arc<AtomicU64>,
@@ -107,11 +111,13 @@ impl Stream {
             anyhow::bail!("this device has no usable link");
         }
         let psk = Psk::new(psk).map_err(|e| anyhow::anyhow!("unusable PSK: {e}"))?;
-        let mut remotes = Vec::new();
-        for i in 0..names.len() {
-            let port = req.ports[i % req.ports.len()];
-            remotes.push(resolve(&req.relay_host, port).await?);
+        let mut by_port = Vec::new();
+        for port in &req.ports {
+            by_port.push(resolve(&req.relay_host, *port).await?);
         }
+        let remotes: Vec<SocketAddr> = (0..names.len())
+            .map(|i| by_port[i % by_port.len()])
+            .collect();
         let (specs, sim) = match plan {
             LinkPlan::Interfaces(names) => (
                 names
@@ -209,6 +215,11 @@ impl Stream {
             codec: enc.codec,
             bond,
             _sim: sim,
+            remotes: by_port,
+            interfaces: match plan {
+                LinkPlan::Interfaces(n) => Some(n.clone()),
+                LinkPlan::Simulated { .. } => None,
+            },
             bounds: (enc.min_kbps, enc.max_kbps),
             kbps: start_kbps,
             frames,
@@ -217,6 +228,56 @@ impl Stream {
             started: Instant::now(),
             logged: Instant::now(),
         })
+    }
+
+    /// Follows the device's interfaces while live: a link that came up joins
+    /// the bond, one that went away leaves it. Emulated links do not change.
+    pub fn set_interfaces(&mut self, now: &[String]) {
+        let Some(current) = &mut self.interfaces else {
+            return;
+        };
+        let bond = self.bond.lock().expect("bond lock");
+        current.retain(|name| {
+            if now.contains(name) {
+                return true;
+            }
+            match bond.remove_link(name) {
+                Ok(()) => tracing::info!(stream = %self.id, link = %name, "link left the bond"),
+                Err(e) => tracing::warn!(stream = %self.id, link = %name, error = %e, "removing a link failed"),
+            }
+            false
+        });
+        for name in now {
+            if current.contains(name) {
+                continue;
+            }
+            let remote = self.remotes[current.len() % self.remotes.len()];
+            let spec = LinkSpec {
+                bind: LinkBind::Interface(name.clone()),
+                ..LinkSpec::new(name.clone(), remote)
+            };
+            match bond.add_link(spec) {
+                Ok(()) => {
+                    tracing::info!(stream = %self.id, link = %name, "link joined the bond");
+                    current.push(name.clone());
+                }
+                Err(e) => {
+                    tracing::warn!(stream = %self.id, link = %name, error = %e, "adding a link failed")
+                }
+            }
+        }
+    }
+
+    /// The links in the bond now, with their state.
+    pub fn links(&self) -> Vec<(String, LinkState)> {
+        self.bond
+            .lock()
+            .expect("bond lock")
+            .stats()
+            .links
+            .into_iter()
+            .map(|l| (l.name, l.state))
+            .collect()
     }
 
     /// New bitrate bounds, applied at once.

@@ -1,5 +1,6 @@
-//! The agent's stream in each codec, received by a real bonded RIST receiver
-//! and checked with ffprobe: H.264 and H.265 video with AAC audio.
+//! The agent's stream received by a real bonded RIST receiver: H.264 and
+//! H.265 video with AAC audio (checked with ffprobe), and links leaving and
+//! joining the bond while live, as NetworkManager reports them.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -8,7 +9,7 @@ use strata_agent::config::SimulatedLink;
 use strata_agent::inventory::Inputs;
 use strata_agent::stream::{LinkPlan, Stream, StreamRequest};
 use strata_proto::message::{Codec, EncoderSettings, TEST_PATTERN};
-use strata_rist::{BondedReceiver, Psk, ReceiverConfig};
+use strata_rist::{BondedReceiver, LinkState, Psk, ReceiverConfig};
 
 const PSK: &str = "codec-test-passphrase";
 
@@ -101,4 +102,71 @@ async fn h264_and_h265_with_aac_arrive() {
         h265.contains(&"hevc".into()) && h265.contains(&"aac".into()),
         "{h265:?}"
     );
+}
+
+/// Reads for `secs`, ticking the stream; returns the bytes that arrived.
+fn receive(stream: &mut Stream, receiver: &BondedReceiver, secs: u64) -> usize {
+    let start = Instant::now();
+    let mut bytes = 0;
+    while start.elapsed() < Duration::from_secs(secs) {
+        stream.tick().unwrap();
+        if let Some(ts) =
+            tokio::task::block_in_place(|| receiver.read(Duration::from_millis(100))).unwrap()
+        {
+            bytes += ts.len();
+        }
+    }
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_leave_and_join_while_live() {
+    gstreamer::init().unwrap();
+    let receiver = BondedReceiver::new(ReceiverConfig {
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        psk: Some(Psk::new(PSK).unwrap()),
+        buffer_ms: 300,
+    })
+    .unwrap();
+    let req = StreamRequest {
+        stream_id: "links".into(),
+        relay_host: "127.0.0.1".into(),
+        ports: receiver.ports(),
+        encoder: EncoderSettings {
+            input: TEST_PATTERN.into(),
+            codec: Codec::H264,
+            height: 480,
+            fps: 25,
+            min_kbps: 800,
+            max_kbps: 1500,
+            audio: false,
+        },
+    };
+    // Bound with SO_BINDTODEVICE like a modem's wwanN; lo is what a test has.
+    let plan = LinkPlan::Interfaces(vec!["lo".into()]);
+    let mut stream = Stream::start(&req, PSK, &plan, &Inputs::default())
+        .await
+        .unwrap();
+    assert!(receive(&mut stream, &receiver, 3) > 100_000);
+
+    // The interface went away (modem unplugged): the link leaves the bond.
+    stream.set_interfaces(&[]);
+    // Stats refresh on the controller's next tick (100 ms).
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(stream.links(), [("lo".to_string(), LinkState::Removed)]);
+    let _ = receive(&mut stream, &receiver, 1);
+    assert!(
+        receive(&mut stream, &receiver, 2) < 20_000,
+        "nothing without a link"
+    );
+
+    // It came back: it joins again and the stream flows.
+    stream.set_interfaces(&["lo".into()]);
+    let _ = receive(&mut stream, &receiver, 1);
+    assert!(receive(&mut stream, &receiver, 3) > 100_000);
+    assert_ne!(stream.links()[0].1, LinkState::Removed);
+    // A link that cannot be bound is refused and the others go on.
+    stream.set_interfaces(&["lo".into(), "nosuch0".into()]);
+    assert_eq!(stream.links().len(), 1);
+    stream.stop();
 }
