@@ -163,6 +163,28 @@ async fn enroll_stream_survive_control_outage_restart_and_revoke() {
     );
     assert!(!html.contains("value=\"1234\""), "the PIN is not echoed");
     assert!(!modem.lock().unwrap().locked);
+    // The same through the API: an APN, and a malformed one refused before the device.
+    let path = format!("/senders/{id}/modems/{modem_id}");
+    let (status, body) = owner
+        .api(
+            "POST",
+            &path,
+            Some(json!({"action": "apn", "apn": "internet.telia.se"})),
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(
+        modem.lock().unwrap().apn.as_deref(),
+        Some("internet.telia.se")
+    );
+    let (status, _) = owner
+        .api(
+            "POST",
+            &path,
+            Some(json!({"action": "apn", "apn": "two words"})),
+        )
+        .await;
+    assert_eq!(status, 400);
     let key = std::fs::read_to_string(agent_data.join("identity/device.key")).unwrap();
 
     // A recording destination, and a stream to it.

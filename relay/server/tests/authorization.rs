@@ -141,6 +141,15 @@ fn routes() -> Vec<Route> {
             "",
         ),
         api_route("POST", "/api/v1/o/{org}/senders/{sender}/revoke", Owner, ""),
+        Route {
+            allowed: Some(404),
+            ..api_route(
+                "POST",
+                "/api/v1/o/{org}/senders/{sender}/modems/m0",
+                Operator,
+                r#"{"action":"enable"}"#,
+            )
+        },
         api_route("GET", "/api/v1/o/{org}/destinations", Viewer, ""),
         api_route("POST", "/api/v1/o/{org}/destinations", Operator, DEST_JSON),
         api_route(

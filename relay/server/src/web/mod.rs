@@ -10,9 +10,9 @@ mod fresh;
 mod layout;
 mod live;
 pub mod metrics;
+mod modem_control;
 mod pages_account;
 mod pages_claim;
-mod pages_modems;
 mod pages_org;
 mod pages_senders;
 mod serve;
@@ -140,7 +140,7 @@ pub fn router(state: AppState) -> Router {
         .route("/o/{org}/senders/{id}/revoke", post(pages_senders::revoke))
         .route(
             "/o/{org}/senders/{id}/modems/{modem}",
-            post(pages_modems::modem_action),
+            post(modem_control::modem_action),
         )
         .route(
             "/o/{org}/senders/{id}/start",
