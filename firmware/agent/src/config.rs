@@ -20,7 +20,8 @@ pub struct AgentConfig {
     /// Persistent state: key, certificate, settings.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
-    /// Media files offered as inputs (looped).
+    /// Where media files will be offered from (media file inputs are not
+    /// built yet; the key is accepted so shipped configs stay valid).
     #[serde(default = "default_media_dir")]
     pub media_dir: PathBuf,
     /// `tracing` filter when `RUST_LOG` is unset.
@@ -95,7 +96,8 @@ pub struct InputsConfig {
     /// Offer this capture device even if detection misses it.
     #[serde(default)]
     pub device: Option<PathBuf>,
-    /// Offer the built-in test pattern (always offered when nothing else is).
+    /// List the built-in test pattern in the inventory (it is listed anyway
+    /// when there is no other input, and a relay may always ask for it).
     #[serde(default)]
     pub test_pattern: bool,
 }

@@ -177,8 +177,13 @@ impl Channel {
     /// Says goodbye: offline status, then a clean disconnect (no will).
     pub async fn close(self) {
         self.publish(Kind::Status, true, status(false, None));
+        self.disconnect().await;
+    }
+
+    /// Disconnects cleanly (the broker does not publish the will).
+    pub async fn disconnect(self) {
         let _ = self.client.try_disconnect();
-        // Give the event loop a moment to flush both.
+        // Give the event loop a moment to flush what is queued.
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }

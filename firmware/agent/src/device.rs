@@ -36,6 +36,8 @@ pub struct Device {
     pub issued_certificate: Option<String>,
     modem_manager: Option<ModemManager>,
     network_manager: Option<NetworkManager>,
+    /// NetworkManager's links as last read.
+    last_links: Vec<strata_proto::message::Link>,
     /// The modems as last read.
     pub modems: Vec<strata_proto::message::Modem>,
 }
@@ -98,6 +100,7 @@ impl Device {
             issued_certificate: None,
             modem_manager: None,
             network_manager: None,
+            last_links: Vec::new(),
             modems: Vec::new(),
         }
     }
@@ -147,11 +150,15 @@ impl Device {
             }
         }
         let found = match &self.network_manager {
-            Some(nm) => nm.links().await.unwrap_or_else(|e| {
-                tracing::debug!(error = %e, "NetworkManager did not answer");
-                Vec::new()
-            }),
-            None => Vec::new(),
+            Some(nm) => match nm.links().await {
+                Ok(found) => found,
+                Err(e) => {
+                    // Keep the links we had: a D-Bus hiccup must not empty a live bond.
+                    tracing::debug!(error = %e, "NetworkManager did not answer");
+                    return self.last_links.clone();
+                }
+            },
+            None => return self.last_links.clone(),
         };
         let found: Vec<_> = found
             .into_iter()
@@ -166,7 +173,7 @@ impl Device {
             stream.set_interfaces(&up);
         }
         self.plan = LinkPlan::Interfaces(up);
-        found
+        self.last_links = found
             .into_iter()
             .map(|l| strata_proto::message::Link {
                 name: l.name,
@@ -174,7 +181,8 @@ impl Device {
                 up: l.up,
                 modem: None,
             })
-            .collect()
+            .collect();
+        self.last_links.clone()
     }
 
     /// ModemManager, connected on first use (and retried while it is not there).
@@ -287,13 +295,17 @@ impl Device {
                 if let Err(why) = s.check(names) {
                     return Outcome::Failed(why);
                 }
+                let bounds = (s.min_kbps, s.max_kbps);
+                if let Err(e) = self.settings.store(s) {
+                    return Outcome::Failed(format!("cannot store the settings: {e:#}"));
+                }
                 if let Some(stream) = &mut self.stream {
-                    stream.set_bounds(s.min_kbps, s.max_kbps);
+                    // Bitrate bounds apply at once; input, codec, size and rate
+                    // need a new pipeline, so they apply to the next stream.
+                    stream.set_bounds(bounds.0, bounds.1);
+                    tracing::info!(stream = %stream.id, "settings stored; bitrate bounds applied now, the rest at the next stream");
                 }
-                match self.settings.store(s) {
-                    Ok(()) => Outcome::Ok,
-                    Err(e) => Outcome::Failed(format!("cannot store the settings: {e:#}")),
-                }
+                Outcome::Ok
             }
             CommandBody::SetModemEnabled { modem, enabled } => match self.modem_manager().await {
                 Some(mm) => outcome(mm.set_enabled(&modem, enabled).await),

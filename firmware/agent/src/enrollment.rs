@@ -1,7 +1,7 @@
 //! Enrollment, device side: the RFC 8628-shaped flow of `strata-proto`.
 //! The device posts its CSR, shows `verification_uri_complete` as a QR code
-//! (console, log, `<data_dir>/enrollment.svg` for the status page) with the
-//! user code, and polls until the owner has claimed it.
+//! (console, log, the status page) with the user code, and polls until the
+//! owner has claimed it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -95,12 +95,11 @@ pub async fn enroll(
             user_code: auth.user_code.clone(),
             verification_uri_complete: auth.verification_uri_complete.clone(),
         };
-        show(cfg, &pending);
+        show(&pending);
         on_pending(&pending);
         match poll(&http, &base, &auth).await {
             Poll::Issued(creds) => {
                 identity.store((*creds).clone())?;
-                let _ = std::fs::remove_file(cfg.data_dir.join("enrollment.svg"));
                 tracing::info!(device_id = %creds.device_id, "enrolled");
                 return Ok(*creds);
             }
@@ -184,9 +183,9 @@ async fn poll(http: &reqwest::Client, base: &str, auth: &DeviceAuthorizationResp
 }
 
 /// Puts the QR code and user code where the owner can see them: the console
-/// (stderr, which the unit sends to the journal and the serial console), the
-/// log, and an SVG in the data directory for the status page.
-fn show(cfg: &AgentConfig, p: &Pending) {
+/// (stderr, which the unit sends to the journal and the serial console) and
+/// the log; the status page draws them from the same [`Pending`].
+fn show(p: &Pending) {
     tracing::info!(
         user_code = %p.user_code,
         url = %p.verification_uri_complete,
@@ -202,18 +201,19 @@ fn show(cfg: &AgentConfig, p: &Pending) {
                 "\nTo enroll this device, scan this code or open\n  {}\nand check that it shows the code {}\n\n{text}\n",
                 p.verification_uri_complete, p.user_code
             );
-            let svg = code
-                .render::<qrcode::render::svg::Color>()
-                .min_dimensions(256, 256)
-                .build();
-            if let Err(e) =
-                crate::identity::write_private(&cfg.data_dir.join("enrollment.svg"), svg.as_bytes())
-            {
-                tracing::warn!(error = %e, "could not write enrollment.svg");
-            }
         }
         Err(e) => tracing::warn!(error = %e, "the enrollment URL does not fit a QR code"),
     }
+}
+
+/// The QR code of `url` as an SVG element.
+pub fn qr_svg(url: &str) -> Option<String> {
+    let code = QrCode::new(url.as_bytes()).ok()?;
+    Some(
+        code.render::<qrcode::render::svg::Color>()
+            .min_dimensions(256, 256)
+            .build(),
+    )
 }
 
 /// Exponential backoff with jitter, 1 s to 30 s.

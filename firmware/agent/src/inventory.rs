@@ -34,8 +34,10 @@ impl Inputs {
 pub fn inputs(cfg: &AgentConfig) -> Inputs {
     let mut out = Inputs::default();
     if cfg.inputs.auto_detect {
-        for (n, (name, path, formats)) in capture_devices().into_iter().enumerate() {
-            let id = format!("cam{n}");
+        for (id, name, path, formats) in capture_devices() {
+            if out.devices.iter().any(|(i, _)| *i == id) {
+                continue;
+            }
             out.devices.push((id.clone(), path));
             out.list.push(Input {
                 id,
@@ -48,7 +50,7 @@ pub fn inputs(cfg: &AgentConfig) -> Inputs {
     if let Some(dev) = &cfg.inputs.device
         && !out.devices.iter().any(|(_, p)| p == dev)
     {
-        let id = format!("cam{}", out.devices.len());
+        let id = input_id(&dev.display().to_string());
         out.devices.push((id.clone(), dev.clone()));
         out.list.push(Input {
             id,
@@ -68,8 +70,27 @@ pub fn inputs(cfg: &AgentConfig) -> Inputs {
     out
 }
 
-/// (name, device node, formats) of every V4L2 video source GStreamer sees.
-fn capture_devices() -> Vec<(String, PathBuf, Vec<String>)> {
+/// A stable input id for a capture device: from its bus path (the USB port
+/// it is plugged into), so stored settings keep meaning the same camera
+/// when devices are re-plugged and /dev/videoN numbers change.
+fn input_id(stable: &str) -> String {
+    let mut id: String = stable
+        .trim_start_matches("/dev/")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    id.truncate(56);
+    format!("cam-{}", id.trim_matches('-'))
+}
+
+/// (id, name, device node, formats) of every V4L2 video source GStreamer sees.
+fn capture_devices() -> Vec<(String, String, PathBuf, Vec<String>)> {
     let monitor = gst::DeviceMonitor::new();
     let _ = monitor.add_filter(Some("Video/Source"), None);
     if monitor.start().is_err() {
@@ -83,6 +104,10 @@ fn capture_devices() -> Vec<(String, PathBuf, Vec<String>)> {
         let Ok(path) = props.get::<String>("device.path") else {
             continue;
         };
+        let stable = props
+            .get::<String>("device.bus_path")
+            .or_else(|_| props.get::<String>("device.serial"))
+            .unwrap_or_else(|_| path.clone());
         let formats = dev
             .caps()
             .map(|caps| {
@@ -103,7 +128,12 @@ fn capture_devices() -> Vec<(String, PathBuf, Vec<String>)> {
                     .collect()
             })
             .unwrap_or_default();
-        found.push((dev.display_name().to_string(), PathBuf::from(path), formats));
+        found.push((
+            input_id(&stable),
+            dev.display_name().to_string(),
+            PathBuf::from(path),
+            formats,
+        ));
     }
     monitor.stop();
     found
@@ -155,5 +185,20 @@ pub fn inventory(plan: &LinkPlan, inputs: &Inputs) -> Inventory {
         links: links(plan),
         modems: Vec::new(),
         inputs: inputs.list.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_ids_are_stable_and_topic_safe() {
+        assert_eq!(
+            input_id("platform-xhci-hcd.0.auto-usb-0:1.1:1.0"),
+            "cam-platform-xhci-hcd-0-auto-usb-0-1-1-1-0"
+        );
+        assert_eq!(input_id("/dev/video0"), "cam-video0");
+        assert!(input_id(&"x".repeat(200)).len() <= 60);
     }
 }

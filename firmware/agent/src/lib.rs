@@ -49,7 +49,7 @@ use control::{Channel, Incoming};
 use device::Device;
 use identity::Identity;
 
-/// Telemetry and stream checks, per second.
+/// How often the stream is checked and adapted (telemetry goes every other tick).
 const TICK: Duration = Duration::from_millis(500);
 /// How often the inventory is re-read.
 const INVENTORY_EVERY: Duration = Duration::from_secs(10);
@@ -227,7 +227,9 @@ async fn serve(
             match install_certificate(identity, chain) {
                 Ok(()) => {
                     tracing::info!("renewed certificate installed; reconnecting with it");
-                    channel = Channel::open(identity)?;
+                    let old = std::mem::replace(&mut channel, Channel::open(identity)?);
+                    // A clean DISCONNECT, so the broker does not publish the offline will.
+                    old.disconnect().await;
                     connected = false;
                 }
                 Err(e) => tracing::error!(error = %e, "the issued certificate is unusable"),

@@ -178,9 +178,7 @@ impl ModemManager {
 
     /// Sets the APN of the default LTE bearer (attach APN).
     pub async fn set_apn(&self, id: &str, apn: &str) -> Result<(), String> {
-        if apn.is_empty() || apn.len() > 100 || !apn.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err("an APN is 1 to 100 printable characters".into());
-        }
+        strata_proto::message::check_apn(apn)?;
         let m = self.find(id).await?;
         let settings: HashMap<&str, Value<'_>> = HashMap::from([("apn", Value::from(apn))]);
         self.call(
@@ -195,9 +193,7 @@ impl ModemManager {
 
     /// Unlocks the modem's SIM with a PIN.
     pub async fn unlock_sim(&self, id: &str, pin: &str) -> Result<(), String> {
-        if !(4..=8).contains(&pin.len()) || !pin.bytes().all(|b| b.is_ascii_digit()) {
-            return Err("a PIN is 4 to 8 digits".into());
-        }
+        strata_proto::message::check_pin(pin)?;
         let m = self.find(id).await?;
         let sim = m.sim.ok_or_else(|| format!("modem {id:?} has no SIM"))?;
         // The error text is ModemManager's own ("wrong PIN"); it never holds the PIN.
@@ -230,15 +226,15 @@ fn mm_error(e: &zbus::Error) -> String {
 
 /// The most capable technology in an MMModemAccessTechnology mask.
 fn access_tech(mask: u32) -> String {
-    const NAMES: [(u32, &str); 8] = [
+    // MMModemAccessTechnology bits, best first.
+    const NAMES: [(u32, &str); 7] = [
         (1 << 15, "5gnr"),
         (1 << 14, "lte"),
-        (1 << 9 | 1 << 10 | 1 << 11 | 1 << 8, "hspa"),
+        (1 << 6 | 1 << 7 | 1 << 8 | 1 << 9, "hspa"),
         (1 << 5, "umts"),
         (1 << 4, "edge"),
         (1 << 3, "gprs"),
         (1 << 1 | 1 << 2, "gsm"),
-        (u32::MAX, "unknown"),
     ];
     NAMES
         .iter()
@@ -256,6 +252,8 @@ mod tests {
         assert_eq!(access_tech(1 << 14 | 1 << 5), "lte");
         assert_eq!(access_tech(1 << 15 | 1 << 14), "5gnr");
         assert_eq!(access_tech(1 << 5), "umts");
+        assert_eq!(access_tech(1 << 6), "hspa");
+        assert_eq!(access_tech(1 << 10), "unknown"); // 1xRTT is not a 3GPP technology
         assert_eq!(access_tech(0), "unknown");
     }
 }

@@ -1,8 +1,10 @@
 //! The local status page (`[status_page] listen`): for the owner on the same
 //! network as the device, the enrollment QR code and user code while the
 //! device waits to be claimed, then its id, the control channel and each
-//! link's numbers. Plain HTML that refreshes itself; it holds no secret (the
-//! view below has no field that could carry one).
+//! link's numbers. Plain HTML that refreshes itself. It holds no stream
+//! secret (the view below has no field that could carry one), but while the
+//! device is unclaimed its link lets whoever opens it first claim the
+//! device: listen on loopback or a network only the owner uses.
 
 use std::convert::Infallible;
 use std::fmt::Write;
@@ -41,6 +43,8 @@ pub async fn serve(listen: SocketAddr, view: SharedView) -> anyhow::Result<Socke
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
+                // Out of descriptors and the like: wait rather than spin.
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 continue;
             };
             let view = view.clone();
@@ -96,12 +100,8 @@ pub fn render(v: &StatusView) -> String {
             u = escape(url),
             c = escape(code)
         );
-        if let Ok(qr) = qrcode::QrCode::new(url.as_bytes()) {
-            h.push_str(
-                &qr.render::<qrcode::render::svg::Color>()
-                    .min_dimensions(256, 256)
-                    .build(),
-            );
+        if let Some(svg) = crate::enrollment::qr_svg(url) {
+            h.push_str(&svg);
         }
     }
     if let Some(id) = &v.device_id {

@@ -75,8 +75,9 @@ pub struct Stream {
     _sim: Option<strata_linksim::LinkSim>,
     /// The relay's address for each RIST port, in order.
     remotes: Vec<SocketAddr>,
-    /// The interfaces in the bond, when bound to real interfaces.
-    interfaces: Option<Vec<String>>,
+    /// The interfaces in the bond and the relay port each sends to, when
+    /// bound to real interfaces.
+    interfaces: Option<Vec<(String, SocketAddr)>>,
     bounds: (u32, u32),
     kbps: u32,
     frames: Arc<AtomicU64>,
@@ -217,7 +218,9 @@ impl Stream {
             _sim: sim,
             remotes: by_port,
             interfaces: match plan {
-                LinkPlan::Interfaces(n) => Some(n.clone()),
+                LinkPlan::Interfaces(n) => {
+                    Some(n.iter().cloned().zip(remotes.iter().copied()).collect())
+                }
                 LinkPlan::Simulated { .. } => None,
             },
             bounds: (enc.min_kbps, enc.max_kbps),
@@ -237,7 +240,7 @@ impl Stream {
             return;
         };
         let bond = self.bond.lock().expect("bond lock");
-        current.retain(|name| {
+        current.retain(|(name, _)| {
             if now.contains(name) {
                 return true;
             }
@@ -248,10 +251,15 @@ impl Stream {
             false
         });
         for name in now {
-            if current.contains(name) {
+            if current.iter().any(|(n, _)| n == name) {
                 continue;
             }
-            let remote = self.remotes[current.len() % self.remotes.len()];
+            // The relay port the fewest links use now.
+            let remote = *self
+                .remotes
+                .iter()
+                .min_by_key(|r| current.iter().filter(|(_, used)| used == *r).count())
+                .expect("a stream has at least one port");
             let spec = LinkSpec {
                 bind: LinkBind::Interface(name.clone()),
                 ..LinkSpec::new(name.clone(), remote)
@@ -259,7 +267,7 @@ impl Stream {
             match bond.add_link(spec) {
                 Ok(()) => {
                     tracing::info!(stream = %self.id, link = %name, "link joined the bond");
-                    current.push(name.clone());
+                    current.push((name.clone(), remote));
                 }
                 Err(e) => {
                     tracing::warn!(stream = %self.id, link = %name, error = %e, "adding a link failed")

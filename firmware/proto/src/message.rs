@@ -350,6 +350,22 @@ impl EncoderSettings {
     }
 }
 
+/// Checks an APN: 1 to 100 printable characters without spaces.
+pub fn check_apn(apn: &str) -> Result<(), String> {
+    if apn.is_empty() || apn.len() > 100 || !apn.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("an APN is 1 to 100 printable characters without spaces".into());
+    }
+    Ok(())
+}
+
+/// Checks a SIM PIN: 4 to 8 digits. The message never contains the PIN.
+pub fn check_pin(pin: &str) -> Result<(), String> {
+    if !(4..=8).contains(&pin.len()) || !pin.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("a PIN is 4 to 8 digits".into());
+    }
+    Ok(())
+}
+
 /// A command with its id (the device answers every id once and repeats that
 /// answer if the id comes again).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

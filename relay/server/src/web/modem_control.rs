@@ -8,7 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use serde::Deserialize;
-use strata_proto::message::{CommandBody, Outcome, Secret};
+use strata_proto::message::{CommandBody, Outcome, Secret, check_apn, check_pin};
 use utoipa::ToSchema;
 
 use super::pages_senders::detail_page;
@@ -73,15 +73,11 @@ fn command(modem: String, form: ModemForm) -> Result<(CommandBody, &'static str)
         ),
         "apn" => {
             let apn = form.apn.trim().to_string();
-            if apn.is_empty() || apn.len() > 100 || !apn.bytes().all(|b| b.is_ascii_graphic()) {
-                return Err("an APN is 1 to 100 printable characters without spaces".into());
-            }
+            check_apn(&apn)?;
             (CommandBody::SetApn { modem, apn }, "APN set")
         }
         "pin" => {
-            if !(4..=8).contains(&form.pin.len()) || !form.pin.bytes().all(|b| b.is_ascii_digit()) {
-                return Err("a PIN is 4 to 8 digits".into());
-            }
+            check_pin(&form.pin)?;
             (
                 CommandBody::UnlockSim {
                     modem,

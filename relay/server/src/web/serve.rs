@@ -109,9 +109,7 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", config.listen))?;
     listener.set_nonblocking(true)?;
     let listen = listener.local_addr()?;
-    if config.public_url.is_empty() {
-        config.public_url = format!("https://{listen}");
-    }
+    config.listen = listen;
     let (state, dir) = state(config).await?;
     let (cert, key) = match (&state.config.tls_cert, &state.config.tls_key) {
         (Some(c), Some(k)) => (c.clone(), k.clone()),
