@@ -31,12 +31,10 @@ impl StoredSettings {
     pub fn load(data_dir: &Path) -> StoredSettings {
         let path = data_dir.join("settings.json");
         let current = match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice::<Stored>(&b)
-                .map(EncoderSettings::from)
-                .unwrap_or_else(|e| {
-                    tracing::warn!(error = %e, "stored settings unreadable; using defaults");
-                    defaults()
-                }),
+            Ok(b) => serde_json::from_slice::<EncoderSettings>(&b).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "stored settings unreadable; using defaults");
+                defaults()
+            }),
             Err(_) => defaults(),
         };
         StoredSettings { path, current }
@@ -44,49 +42,9 @@ impl StoredSettings {
 
     /// Replaces and stores the settings (already checked).
     pub fn store(&mut self, s: EncoderSettings) -> anyhow::Result<()> {
-        crate::identity::write_private(&self.path, &serde_json::to_vec_pretty(&Stored::from(&s))?)?;
+        crate::identity::write_private(&self.path, &serde_json::to_vec_pretty(&s)?)?;
         self.current = s;
         Ok(())
-    }
-}
-
-/// JSON form on disk (the wire type is postcard-only by design).
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Stored {
-    input: String,
-    h265: bool,
-    height: u32,
-    fps: u32,
-    min_kbps: u32,
-    max_kbps: u32,
-    audio: bool,
-}
-
-impl From<&EncoderSettings> for Stored {
-    fn from(s: &EncoderSettings) -> Self {
-        Stored {
-            input: s.input.clone(),
-            h265: s.codec == Codec::H265,
-            height: s.height,
-            fps: s.fps,
-            min_kbps: s.min_kbps,
-            max_kbps: s.max_kbps,
-            audio: s.audio,
-        }
-    }
-}
-
-impl From<Stored> for EncoderSettings {
-    fn from(s: Stored) -> Self {
-        EncoderSettings {
-            input: s.input,
-            codec: if s.h265 { Codec::H265 } else { Codec::H264 },
-            height: s.height,
-            fps: s.fps,
-            min_kbps: s.min_kbps,
-            max_kbps: s.max_kbps,
-            audio: s.audio,
-        }
     }
 }
 
