@@ -47,11 +47,9 @@ pub struct FoundModem {
 impl ModemManager {
     /// Connects to the system bus, or to `address` (a private bus in tests).
     pub async fn connect(address: Option<&str>) -> zbus::Result<ModemManager> {
-        let conn = match address {
-            Some(a) => zbus::connection::Builder::address(a)?.build().await?,
-            None => zbus::Connection::system().await?,
-        };
-        Ok(ModemManager { conn })
+        Ok(ModemManager {
+            conn: bus(address).await?,
+        })
     }
 
     /// Every modem ModemManager knows, sorted by object path.
@@ -200,6 +198,14 @@ impl ModemManager {
         self.call(&sim, SIM, "SendPin", &(pin,))
             .await
             .map_err(|e| format!("the SIM refused the PIN: {}", mm_error(&e)))
+    }
+}
+
+/// The system bus, or the bus at `address` (a private one in tests).
+pub(crate) async fn bus(address: Option<&str>) -> zbus::Result<zbus::Connection> {
+    match address {
+        Some(a) => zbus::connection::Builder::address(a)?.build().await,
+        None => zbus::Connection::system().await,
     }
 }
 

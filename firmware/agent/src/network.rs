@@ -44,11 +44,9 @@ pub struct NetworkManager {
 impl NetworkManager {
     /// Connects to the system bus, or to `address`.
     pub async fn connect(address: Option<&str>) -> zbus::Result<NetworkManager> {
-        let conn = match address {
-            Some(a) => zbus::connection::Builder::address(a)?.build().await?,
-            None => zbus::Connection::system().await?,
-        };
-        Ok(NetworkManager { conn })
+        Ok(NetworkManager {
+            conn: crate::modems::bus(address).await?,
+        })
     }
 
     /// Every Ethernet, Wi-Fi and modem device, in NetworkManager's order.

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use strata_proto::message::{Codec, EncoderSettings, TEST_PATTERN};
+use strata_proto::message::EncoderSettings;
 
 /// The stored settings.
 #[derive(Debug)]
@@ -13,19 +13,6 @@ pub struct StoredSettings {
     pub current: EncoderSettings,
 }
 
-/// What a device without pushed settings uses.
-pub fn defaults() -> EncoderSettings {
-    EncoderSettings {
-        input: TEST_PATTERN.into(),
-        codec: Codec::H264,
-        height: 720,
-        fps: 30,
-        min_kbps: 500,
-        max_kbps: 6000,
-        audio: true,
-    }
-}
-
 impl StoredSettings {
     /// Loads the settings, or the defaults if none were stored or the file is unreadable.
     pub fn load(data_dir: &Path) -> StoredSettings {
@@ -33,9 +20,9 @@ impl StoredSettings {
         let current = match std::fs::read(&path) {
             Ok(b) => serde_json::from_slice::<EncoderSettings>(&b).unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "stored settings unreadable; using defaults");
-                defaults()
+                EncoderSettings::default()
             }),
-            Err(_) => defaults(),
+            Err(_) => EncoderSettings::default(),
         };
         StoredSettings { path, current }
     }
@@ -51,20 +38,24 @@ impl StoredSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use strata_proto::message::Codec;
 
     #[test]
     fn settings_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = StoredSettings::load(dir.path());
-        assert_eq!(s.current, defaults());
+        assert_eq!(s.current, EncoderSettings::default());
         let new = EncoderSettings {
             height: 1080,
             codec: Codec::H265,
-            ..defaults()
+            ..EncoderSettings::default()
         };
         s.store(new.clone()).unwrap();
         assert_eq!(StoredSettings::load(dir.path()).current, new);
         std::fs::write(dir.path().join("settings.json"), b"garbage").unwrap();
-        assert_eq!(StoredSettings::load(dir.path()).current, defaults());
+        assert_eq!(
+            StoredSettings::load(dir.path()).current,
+            EncoderSettings::default()
+        );
     }
 }

@@ -310,6 +310,22 @@ pub struct EncoderSettings {
     pub audio: bool,
 }
 
+impl Default for EncoderSettings {
+    /// What a sender uses until its owner chooses: the test pattern, 720p30
+    /// H.264 with audio, 0.5 to 6 Mbit/s.
+    fn default() -> Self {
+        EncoderSettings {
+            input: TEST_PATTERN.into(),
+            codec: Codec::H264,
+            height: 720,
+            fps: 30,
+            min_kbps: 500,
+            max_kbps: 6000,
+            audio: true,
+        }
+    }
+}
+
 /// Frame heights a device offers.
 pub const HEIGHTS: [u32; 4] = [480, 720, 1080, 2160];
 /// Frame rates a device offers.
@@ -441,6 +457,14 @@ pub enum CommandBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn defaults_pass_the_rules() {
+        EncoderSettings::default().check(|_| false).unwrap();
+        assert!(check_apn("internet").is_ok() && check_apn("a b").is_err());
+        let e = check_pin("12x4").unwrap_err();
+        assert!(!e.contains("12x4") && check_pin("1234").is_ok());
+    }
 
     #[test]
     fn secrets_stay_out_of_debug() {

@@ -121,15 +121,20 @@ pub struct EncoderSettings {
 }
 
 impl Default for EncoderSettings {
+    /// The device's own defaults (strata-proto).
     fn default() -> Self {
+        let d = strata_proto::message::EncoderSettings::default();
         EncoderSettings {
-            input: "test".into(),
-            codec: Codec::H264,
-            height: 720,
-            fps: 30,
-            min_kbps: 500,
-            max_kbps: 6000,
-            audio: true,
+            input: d.input,
+            codec: match d.codec {
+                strata_proto::message::Codec::H264 => Codec::H264,
+                strata_proto::message::Codec::H265 => Codec::H265,
+            },
+            height: d.height,
+            fps: d.fps,
+            min_kbps: d.min_kbps,
+            max_kbps: d.max_kbps,
+            audio: d.audio,
         }
     }
 }
