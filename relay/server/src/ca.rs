@@ -161,6 +161,54 @@ impl DeviceCa {
         Ok((issued, key.serialize_pem()))
     }
 
+    /// A client certificate for the relay's own control-plane connection to
+    /// an external broker: CN [`crate::broker::CONTROL_CLIENT_ID`], which is
+    /// not a valid device id, so no device certificate can carry it.
+    pub fn sign_relay_client(&self, days: u32) -> anyhow::Result<(Issued, String)> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, crate::broker::CONTROL_CLIENT_ID);
+        params.distinguished_name = dn;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let issued = self
+            .issue(params, &key, days)
+            .map_err(|e| anyhow::anyhow!(e))?;
+        Ok((issued, key.serialize_pem()))
+    }
+
+    /// A CRL (PEM) listing `serials` (hex, as [`Issued::serial`]), for an
+    /// external broker. Valid for 397 days: an expired CRL makes OpenSSL
+    /// refuse every client, and the relay writes a new one at each start
+    /// and each revocation.
+    pub fn crl(&self, serials: &[String]) -> anyhow::Result<String> {
+        let now = OffsetDateTime::now_utc();
+        let revoked_certs = serials
+            .iter()
+            .map(|s| {
+                let bytes = crate::hex_decode(s)
+                    .ok_or_else(|| anyhow::anyhow!("certificate serial {s:?} is not hex"))?;
+                Ok(rcgen::RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(&bytes),
+                    revocation_time: now,
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now - Duration::minutes(5),
+            next_update: now + Duration::days(397),
+            // Seconds since the epoch: increases with every CRL written.
+            crl_number: SerialNumber::from(now.unix_timestamp() as u64),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer)?.pem()?)
+    }
+
     fn issue(
         &self,
         mut params: CertificateParams,
@@ -251,6 +299,28 @@ mod tests {
         der[n - 10] ^= 0xff; // break the signature
         let tampered = pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", der));
         assert!(ca.sign_device(&tampered, "d", 30).is_err());
+    }
+
+    #[test]
+    fn crl_lists_the_revoked_serials_and_is_signed_by_the_ca() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ca = DeviceCa::open_or_create(&tmp.path().join("ca")).unwrap();
+        let (_key, csr) = device_csr();
+        let issued = ca.sign_device(&csr, "dev123", 30).unwrap();
+        let crl = ca.crl(std::slice::from_ref(&issued.serial)).unwrap();
+        let der = pem_der(&crl);
+        let (_, parsed) = x509_parser::parse_x509_crl(&der).unwrap();
+        let serials: Vec<String> = parsed
+            .iter_revoked_certificates()
+            .map(|r| crate::hex_lower(r.raw_serial()))
+            .collect();
+        assert_eq!(serials, vec![issued.serial]);
+        let ca_der = pem_der(ca.ca_pem());
+        let (_, ca_cert) = x509_parser::parse_x509_certificate(&ca_der).unwrap();
+        parsed
+            .verify_signature(ca_cert.public_key())
+            .expect("signed by the device CA");
+        assert!(ca.crl(&["not hex".into()]).is_err());
     }
 
     fn pem_der(s: &str) -> Vec<u8> {

@@ -33,13 +33,18 @@ pub struct Config {
     /// means `https://<listen>`.
     pub public_url: String,
     /// MQTT broker host devices are told to connect to; empty means the
-    /// host of `public_url`.
+    /// external broker's host, else the host of `public_url`.
     pub broker_host: String,
     /// MQTT broker TLS port devices are told to connect to; 0 means the
     /// port `broker_listen` is bound to.
     pub broker_port: u16,
     /// Address the embedded MQTT broker (mutual TLS) listens on.
     pub broker_listen: SocketAddr,
+    /// Which broker devices connect to: the embedded one, or an external
+    /// mosquitto (see `strata-relay mosquitto-config`).
+    pub broker: BrokerMode,
+    /// `host:port` of the external broker's mutual-TLS listener (with `broker = "external"`).
+    pub external_broker: String,
     /// Lifetime of device certificates, days (renewed over MQTT before expiry).
     pub device_cert_days: u32,
     /// Address receiver workers bind their RIST ports on.
@@ -62,6 +67,16 @@ pub struct Config {
     pub worker_cpu_quota: String,
 }
 
+/// Which MQTT broker the device plane uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerMode {
+    /// rumqttd's router inside the relay, behind our own TLS sessions.
+    Embedded,
+    /// An external mosquitto with the dynamic-security plugin, administered by the relay.
+    External,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -77,6 +92,8 @@ impl Default for Config {
             broker_host: String::new(),
             broker_port: 0,
             broker_listen: "127.0.0.1:8883".parse().expect("valid default"),
+            broker: BrokerMode::Embedded,
+            external_broker: String::new(),
             device_cert_days: 30,
             rist_bind: "127.0.0.1".parse().expect("valid default"),
             rist_host: String::new(),
@@ -115,6 +132,9 @@ impl Config {
         if cfg.stream_no_input_s == 0 {
             anyhow::bail!("stream_no_input_s must be at least 1");
         }
+        if cfg.broker == BrokerMode::External {
+            cfg.external_broker_addr()?;
+        }
         if cfg.login_attempts_per_minute == 0 {
             anyhow::bail!("login_attempts_per_minute must be at least 1");
         }
@@ -135,10 +155,31 @@ impl Config {
         if !self.broker_host.is_empty() {
             return self.broker_host.clone();
         }
+        if self.broker == BrokerMode::External
+            && let Ok((host, _)) = self.external_broker_addr()
+        {
+            return host;
+        }
         url::Url::parse(&self.public_url())
             .ok()
             .and_then(|u| u.host_str().map(|h| h.trim_matches(['[', ']']).to_string()))
             .unwrap_or_else(|| "localhost".into())
+    }
+
+    /// Host and port of the external broker.
+    pub fn external_broker_addr(&self) -> anyhow::Result<(String, u16)> {
+        let (host, port) = self
+            .external_broker
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h.trim_matches(['[', ']']), p.parse::<u16>().ok()?)))
+            .filter(|(h, p)| !h.is_empty() && *p != 0)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "external_broker must be host:port (got {:?})",
+                    self.external_broker
+                )
+            })?;
+        Ok((host.to_string(), port))
     }
 
     /// The host devices send RIST to.

@@ -1,7 +1,7 @@
 //! The relay's control-plane MQTT client: receives what devices publish and
 //! publishes commands to them, in-process over a privileged rumqttd link to
-//! the embedded broker. (An external broker is not supported yet; it would
-//! be a second way to build a [`ControlPlane`] with the same [`Inbound`].)
+//! the embedded broker, or as an MQTT client of an external broker
+//! ([`crate::broker::mosquitto`]). Both hand the registry the same [`Inbound`].
 
 use bytes::Bytes;
 use rumqttd::Notification;
@@ -26,8 +26,11 @@ pub struct Inbound {
 const INBOUND_QUEUE: usize = 4096;
 
 /// Publishes to devices.
-pub struct ControlPlane {
-    tx: tokio::sync::Mutex<LinkTx>,
+pub enum ControlPlane {
+    /// A privileged link to the embedded broker's router.
+    Embedded(tokio::sync::Mutex<LinkTx>),
+    /// A client of the external broker.
+    External(rumqttc::AsyncClient),
 }
 
 impl ControlPlane {
@@ -42,23 +45,30 @@ impl ControlPlane {
         }
         let (in_tx, in_rx) = mpsc::channel(INBOUND_QUEUE);
         tokio::spawn(read_link(rx, in_tx));
-        Ok((
-            ControlPlane {
-                tx: tokio::sync::Mutex::new(tx),
-            },
-            in_rx,
-        ))
+        Ok((ControlPlane::Embedded(tokio::sync::Mutex::new(tx)), in_rx))
+    }
+
+    /// The queue external-broker messages go to, and its receiving end.
+    pub fn inbound_queue() -> (mpsc::Sender<Inbound>, mpsc::Receiver<Inbound>) {
+        mpsc::channel(INBOUND_QUEUE)
     }
 
     /// Publishes to a device topic.
     pub async fn publish(&self, topic: String, payload: Vec<u8>) -> anyhow::Result<()> {
-        let p = Publish::new(Bytes::from(topic), Bytes::from(payload), false);
-        self.tx
-            .lock()
-            .await
-            .send(Packet::Publish(p, None))
-            .await
-            .map_err(|e| anyhow::anyhow!("publishing on the control link: {e}"))?;
+        match self {
+            ControlPlane::Embedded(tx) => {
+                let p = Publish::new(Bytes::from(topic), Bytes::from(payload), false);
+                tx.lock()
+                    .await
+                    .send(Packet::Publish(p, None))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("publishing on the control link: {e}"))?;
+            }
+            ControlPlane::External(client) => client
+                .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload)
+                .await
+                .map_err(|e| anyhow::anyhow!("publishing to the external broker: {e}"))?,
+        }
         Ok(())
     }
 }

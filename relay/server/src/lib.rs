@@ -47,6 +47,17 @@ pub fn new_id() -> String {
     hex_lower(&bytes)
 }
 
+/// The bytes of a hex string; `None` if it is not hex.
+pub fn hex_decode(hex: &str) -> Option<Vec<u8>> {
+    if !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 /// Lowercase hex of some bytes.
 pub fn hex_lower(bytes: &[u8]) -> String {
     use std::fmt::Write;

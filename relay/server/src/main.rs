@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use strata_relay::auth::{check_password_strength, hash_password};
-use strata_relay::config::Config;
+use strata_relay::config::{BrokerMode, Config};
 use strata_relay::datadir::DataDir;
 use strata_relay::store::accounts::{self, Role, normalize_email};
 use strata_relay::{db, web};
@@ -26,6 +26,18 @@ struct Cli {
 enum Command {
     /// Serve HTTPS (creates the data directory, database, keys and a self-signed certificate on first start).
     Serve,
+    /// Write the files an external mosquitto needs to serve devices (for
+    /// `broker = "external"`; listens on `external_broker`).
+    MosquittoConfig {
+        /// Directory for mosquitto.conf, ca.pem, server.pem, server.key and
+        /// dynamic-security.json (an existing dynamic-security.json is kept:
+        /// mosquitto stores its state there).
+        #[arg(long)]
+        out: PathBuf,
+        /// The dynamic-security plugin (default: where Debian or Fedora installs it).
+        #[arg(long)]
+        plugin: Option<PathBuf>,
+    },
     /// Manage user accounts.
     User {
         #[command(subcommand)]
@@ -89,6 +101,59 @@ async fn user_add(config: Config, email: &str, org: Option<String>) -> anyhow::R
     Ok(())
 }
 
+async fn mosquitto_config(
+    config: Config,
+    out: PathBuf,
+    plugin: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use strata_relay::broker::mosquitto;
+    anyhow::ensure!(
+        config.broker == BrokerMode::External,
+        "set broker = \"external\" and external_broker = \"host:port\" first"
+    );
+    let (host, port) = config.external_broker_addr()?;
+    let plugin = plugin
+        .or_else(mosquitto::find_dynsec_plugin)
+        .context("mosquitto_dynamic_security.so not found; pass --plugin")?;
+    let (state, _) = web::state(config).await?;
+    let crl = mosquitto::crl_path(&state.data_dir);
+    mosquitto::write_crl(&state.ca, &state.db, &crl).await?;
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let out = out.canonicalize()?;
+    let files = mosquitto::files(
+        &state.ca,
+        &web::broker_names(&state.config),
+        (&host, port),
+        &out,
+        &crl,
+        &plugin,
+    )?;
+    std::fs::write(out.join("mosquitto.conf"), &files.conf)?;
+    std::fs::write(out.join("ca.pem"), state.ca.ca_pem())?;
+    std::fs::write(out.join("server.pem"), &files.cert_pem)?;
+    let key = out.join("server.key");
+    let _ = std::fs::remove_file(&key);
+    std::io::Write::write_all(
+        &mut std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&key)?,
+        files.key_pem.as_bytes(),
+    )?;
+    let dynsec = out.join("dynamic-security.json");
+    if !dynsec.exists() {
+        std::fs::write(&dynsec, &files.dynsec)?;
+    }
+    println!(
+        "wrote {}/mosquitto.conf; run: mosquitto -c {}/mosquitto.conf",
+        out.display(),
+        out.display()
+    );
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -104,6 +169,9 @@ fn main() -> std::process::ExitCode {
         rt.block_on(async {
             match cli.command {
                 Command::Serve => web::serve(config).await,
+                Command::MosquittoConfig { out, plugin } => {
+                    mosquitto_config(config, out, plugin).await
+                }
                 Command::User {
                     command: UserCommand::Add { email, org },
                 } => user_add(config, &email, org).await,

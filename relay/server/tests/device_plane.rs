@@ -134,7 +134,11 @@ async fn enroll_connect_report_command_renew_revoke() {
         let b = app.browser(&owner).await;
 
         let (creds, key_pem) = device::enroll(&app, &org.id, &b).await;
-        let port = app.state.devices.broker().unwrap().local_addr().port();
+        let Some(strata_relay::broker::DeviceBroker::Embedded(broker)) = app.state.devices.broker()
+        else {
+            panic!("the embedded broker runs by default");
+        };
+        let port = broker.local_addr().port();
         assert_eq!(
             creds.broker.port, port,
             "the token reply names the broker's real port"

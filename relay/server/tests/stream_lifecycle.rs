@@ -247,7 +247,7 @@ async fn start_record_stop_input_loss_and_restart() {
             chain_pem: creds.certificate_chain_pem.clone(),
             key_pem,
         };
-        let port = app.state.devices.broker().unwrap().local_addr().port();
+        let port = app.state.broker_port();
         let mut s = device::connect(device::options(&dev, &id, &creds.ca_pem, port));
         s.connected().await.unwrap();
         s.client

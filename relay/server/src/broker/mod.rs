@@ -12,6 +12,7 @@
 //! link does, plus the checks it lacks) and the will publication (rumqttd's
 //! will event cannot be raised from outside the crate).
 
+pub mod mosquitto;
 pub mod session;
 pub mod verifier;
 
@@ -40,6 +41,15 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Builds router links; errors as text (rumqttd's error type is 800 bytes).
 type LinkFactory =
     Arc<dyn Fn(&str, bool) -> Result<(LinkTx, LinkRx, Notification), String> + Send + Sync>;
+
+/// The broker devices connect to.
+#[derive(Clone)]
+pub enum DeviceBroker {
+    /// Ours, in-process.
+    Embedded(Arc<Broker>),
+    /// An external mosquitto the relay administers.
+    External(Arc<mosquitto::Mosquitto>),
+}
 
 /// A live session's handle: cancelled to cut the device off.
 #[derive(Clone)]

@@ -19,7 +19,7 @@ use strata_proto::message::{
 use strata_proto::topic::{self, Kind};
 use tokio::sync::mpsc;
 
-use crate::broker::Broker;
+use crate::broker::DeviceBroker;
 use crate::control::{ControlPlane, Inbound};
 use crate::now_ms;
 use crate::store::senders::{self, LinkSample};
@@ -32,7 +32,7 @@ pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the registry holds in memory.
 pub struct Registry {
-    broker: OnceLock<Arc<Broker>>,
+    broker: OnceLock<DeviceBroker>,
     /// Devices known to exist and not be revoked (a database read per
     /// message would be thousands per second at 1 Hz telemetry).
     known: moka::sync::Cache<String, ()>,
@@ -98,16 +98,24 @@ impl Default for Registry {
 
 impl Registry {
     /// Connects the registry to a running broker and control plane.
-    pub fn attach(&self, broker: Option<Arc<Broker>>, control: ControlPlane) {
+    pub fn attach(&self, broker: Option<DeviceBroker>, control: ControlPlane) {
         if let Some(b) = broker {
             let _ = self.broker.set(b);
         }
         let _ = self.control.set(control);
     }
 
-    /// The embedded broker, if this relay runs one.
-    pub fn broker(&self) -> Option<&Arc<Broker>> {
+    /// The broker devices connect to, once the device plane runs.
+    pub fn broker(&self) -> Option<&DeviceBroker> {
         self.broker.get()
+    }
+
+    /// Lets a newly enrolled device use its topics (only an external broker
+    /// keeps a list; the embedded one trusts the certificate).
+    pub async fn admit(&self, device_id: &str) {
+        if let Some(DeviceBroker::External(m)) = self.broker.get() {
+            m.admit(device_id).await;
+        }
     }
 
     /// Whether a device's control channel is up (by its last status).
@@ -162,10 +170,12 @@ impl Registry {
     }
 
     /// Revokes a device: refused by the broker from now on, cut off if connected.
-    pub fn revoke(&self, device_id: &str) {
+    pub async fn revoke(&self, ca: &crate::ca::DeviceCa, device_id: &str) {
         self.known.invalidate(device_id);
-        if let Some(b) = self.broker.get() {
-            b.revoke(device_id);
+        match self.broker.get() {
+            Some(DeviceBroker::Embedded(b)) => b.revoke(device_id),
+            Some(DeviceBroker::External(m)) => m.revoke(ca, device_id).await,
+            None => {}
         }
         self.set_online(device_id, false);
         self.telemetry.forget(device_id);
@@ -334,7 +344,7 @@ pub async fn revoke(state: &Relay, org_id: &str, device_id: &str) -> sqlx::Resul
     if !devices::revoke(&state.db, org_id, device_id).await? {
         return Ok(false);
     }
-    state.devices.revoke(device_id);
+    state.devices.revoke(&state.ca, device_id).await;
     crate::streaming::stop_for_device(state, device_id, "the device was revoked").await;
     tracing::info!(device = device_id, "device revoked");
     Ok(true)

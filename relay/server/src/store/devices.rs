@@ -84,3 +84,23 @@ pub async fn all_offline(db: &Db) -> sqlx::Result<()> {
         .await?;
     Ok(())
 }
+
+/// Every device that may connect (enrolled, not revoked), for an external broker.
+pub async fn active(db: &Db) -> sqlx::Result<Vec<String>> {
+    let rows: Vec<(String,)> = sqlx::query_as("SELECT id FROM senders WHERE revoked_at IS NULL")
+        .fetch_all(db)
+        .await?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
+}
+
+/// Serials of unexpired certificates of revoked devices, for an external broker's CRL.
+pub async fn revoked_serials(db: &Db) -> sqlx::Result<Vec<String>> {
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT c.serial FROM device_certificates c JOIN senders s ON s.id = c.sender_id \
+         WHERE s.revoked_at IS NOT NULL AND c.not_after > $1",
+    )
+    .bind(now_ms())
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|(s,)| s).collect())
+}

@@ -130,6 +130,7 @@ pub async fn token(
                 ))
                 .into());
             };
+            state.devices.admit(&device_id).await;
             tracing::info!(device = %device_id, "device collected its certificate");
             let creds = DeviceCredentials {
                 device_id,

@@ -136,7 +136,7 @@ pub async fn scrape(State(state): State<AppState>) -> Result<impl IntoResponse, 
             .await?;
     state.metrics.senders.set(total);
     state.metrics.senders_online.set(online);
-    if let Some(b) = state.devices.broker() {
+    if let Some(crate::broker::DeviceBroker::Embedded(b)) = state.devices.broker() {
         state.metrics.mqtt_refused.set(b.refused_packets() as i64);
     }
     let mut out = String::new();

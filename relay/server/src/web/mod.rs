@@ -30,7 +30,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 
 pub use error::{ApiError, ApiJson, AppError, Form};
 pub use pages_senders::forget_senders;
-pub use serve::{device_plane, serve, state};
+pub use serve::{broker_names, device_plane, serve, state};
 
 use crate::auth::{AuthCache, Csrf, LoginLimiter, csrf_guard};
 use crate::config::Config;
@@ -93,15 +93,20 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// The broker port devices are told: configured, else the embedded broker's.
+    /// The broker port devices are told: configured, else the broker's own.
     pub fn broker_port(&self) -> u16 {
         if self.config.broker_port != 0 {
             return self.config.broker_port;
         }
-        self.devices
-            .broker()
-            .map(|b| b.local_addr().port())
-            .unwrap_or(self.config.broker_listen.port())
+        match self.devices.broker() {
+            Some(crate::broker::DeviceBroker::Embedded(b)) => b.local_addr().port(),
+            _ if self.config.broker == crate::config::BrokerMode::External => self
+                .config
+                .external_broker_addr()
+                .map(|(_, port)| port)
+                .unwrap_or(self.config.broker_listen.port()),
+            _ => self.config.broker_listen.port(),
+        }
     }
 }
 

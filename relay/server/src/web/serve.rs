@@ -10,8 +10,9 @@ use axum_server::tls_rustls::RustlsConfig;
 
 use super::{AppState, Relay, metrics::Metrics, router};
 use crate::auth::{AuthCache, Csrf, LoginLimiter};
-use crate::broker::{Broker, BrokerSetup};
-use crate::config::Config;
+use crate::broker::mosquitto::{self, Mosquitto, MosquittoSetup};
+use crate::broker::{Broker, BrokerSetup, DeviceBroker};
+use crate::config::{BrokerMode, Config};
 use crate::control::ControlPlane;
 use crate::datadir::DataDir;
 use crate::registry;
@@ -54,32 +55,60 @@ pub async fn state(config: Config) -> anyhow::Result<(AppState, DataDir)> {
     Ok((state, dir))
 }
 
-/// Starts the embedded broker (revoked devices refused from the start), the
-/// relay's control link to it and the registry that handles what devices send.
+/// Starts the device plane: the embedded broker (revoked devices refused
+/// from the start) or the connection to the external one, the relay's
+/// control plane on it, and the registry that handles what devices send.
 pub async fn device_plane(state: &AppState) -> anyhow::Result<()> {
-    let revoked = store::devices::revoked(&state.db).await?;
     // Presence is rebuilt from what devices say once they reconnect.
     store::devices::all_offline(&state.db).await?;
-    let mut names = vec![
-        state.config.broker_host(),
-        "localhost".into(),
-        "127.0.0.1".into(),
-    ];
+    let (broker, control, inbound) = match state.config.broker {
+        BrokerMode::Embedded => {
+            let broker = embedded_broker(state).await?;
+            let (control, inbound) = ControlPlane::embedded(&broker).await?;
+            (DeviceBroker::Embedded(broker), control, inbound)
+        }
+        BrokerMode::External => {
+            let (host, port) = state.config.external_broker_addr()?;
+            let (tx, inbound) = ControlPlane::inbound_queue();
+            let m = Mosquitto::connect(
+                MosquittoSetup {
+                    host,
+                    port,
+                    ca: &state.ca,
+                    db: state.db.clone(),
+                    crl_path: mosquitto::crl_path(&state.data_dir),
+                },
+                tx,
+            )
+            .await?;
+            let control = ControlPlane::External(m.client());
+            (DeviceBroker::External(m), control, inbound)
+        }
+    };
+    state.devices.attach(Some(broker), control);
+    tokio::spawn(registry::run(state.clone(), inbound));
+    crate::streaming::adopt(state).await?;
+    Ok(())
+}
+
+/// The names the broker's server certificate carries.
+pub fn broker_names(config: &Config) -> Vec<String> {
+    let mut names = vec![config.broker_host(), "localhost".into(), "127.0.0.1".into()];
     names.dedup();
-    let (cert, key) = state.ca.sign_server(&names, 397)?;
-    let broker = Broker::start(BrokerSetup {
+    names
+}
+
+async fn embedded_broker(state: &AppState) -> anyhow::Result<Arc<Broker>> {
+    let revoked = store::devices::revoked(&state.db).await?;
+    let (cert, key) = state.ca.sign_server(&broker_names(&state.config), 397)?;
+    Broker::start(BrokerSetup {
         listen: state.config.broker_listen,
         ca_pem: state.ca.ca_pem(),
         cert_pem: &cert.cert_pem,
         key_pem: &key,
         revoked: revoked.into_iter().collect(),
     })
-    .await?;
-    let (control, inbound) = ControlPlane::embedded(&broker).await?;
-    state.devices.attach(Some(broker), control);
-    tokio::spawn(registry::run(state.clone(), inbound));
-    crate::streaming::adopt(state).await?;
-    Ok(())
+    .await
 }
 
 /// Hourly: drop expired sessions and enrollments, and forget rate-limit
@@ -120,8 +149,17 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("loading TLS certificate {} and key", cert.display()))?;
 
     device_plane(&state).await?;
-    if let Some(b) = state.devices.broker() {
-        println!("strata-relay device broker on mqtts://{}", b.local_addr());
+    match state.devices.broker() {
+        Some(DeviceBroker::Embedded(b)) => {
+            println!("strata-relay device broker on mqtts://{}", b.local_addr());
+        }
+        Some(DeviceBroker::External(_)) => {
+            println!(
+                "strata-relay device broker (external) on mqtts://{}",
+                state.config.external_broker
+            );
+        }
+        None => {}
     }
 
     let housekeeping = state.clone();
