@@ -38,8 +38,9 @@ use crate::store::devices;
 const DYNSEC_TOPIC: &str = "$CONTROL/dynamic-security/v1";
 /// Where it answers them.
 const DYNSEC_RESPONSE: &str = "$CONTROL/dynamic-security/v1/response";
-/// Commands per message when the whole device list is synchronised.
-const SYNC_BATCH: usize = 200;
+/// Bytes of commands per message when the whole device list is
+/// synchronised (well under the listener's `max_packet_size`).
+const SYNC_BATCH_BYTES: usize = 32 * 1024;
 /// Lifetime of the relay's own client certificate (a new one at every start).
 const RELAY_CERT_DAYS: u32 = 397;
 
@@ -127,6 +128,7 @@ impl Mosquitto {
         o.set_keep_alive(Duration::from_secs(10));
         o.set_clean_session(true);
         o.set_max_packet_size(super::session::MAX_PACKET, super::session::MAX_PACKET);
+        o.set_inflight(1000);
         let (client, eventloop) = AsyncClient::new(o, 1024);
         let m = Arc::new(Mosquitto {
             client,
@@ -183,8 +185,18 @@ impl Mosquitto {
             .flat_map(|d| admit_commands(d))
             .chain(revoked.iter().flat_map(|d| revoke_commands(d)))
             .collect();
-        for batch in commands.chunks(SYNC_BATCH) {
-            self.send(batch.to_vec()).await;
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        for c in commands {
+            bytes += c.to_string().len();
+            batch.push(c);
+            if bytes >= SYNC_BATCH_BYTES {
+                self.send(std::mem::take(&mut batch)).await;
+                bytes = 0;
+            }
+        }
+        if !batch.is_empty() {
+            self.send(batch).await;
         }
         tracing::info!(
             active = active.len(),
@@ -348,6 +360,11 @@ pub fn files(
          use_username_as_clientid true\n\
          tls_version tlsv1.2\n\
          max_packet_size {max}\n\
+         # The relay's one connection carries every device's messages: mosquitto's\n\
+         # defaults (20 in flight, 1,000 queued per client) drop a fleet's burst\n\
+         # of statuses after a restart.\n\
+         max_inflight_messages 1000\n\
+         max_queued_messages 100000\n\
          plugin {plugin}\n\
          plugin_opt_config_file {dynsec}\n",
         host = listen.0,

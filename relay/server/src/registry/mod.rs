@@ -185,9 +185,14 @@ impl Registry {
 /// Handles device messages until the control plane closes.
 pub async fn run(state: AppState, mut inbound: mpsc::Receiver<Inbound>) {
     while let Some(msg) = inbound.recv().await {
-        if let Err(e) = handle(&state, &msg).await {
-            tracing::warn!(topic = %msg.topic, error = %e, "device message dropped");
-            state.metrics.device_messages_dropped.inc();
+        match handle(&state, &msg).await {
+            Ok(()) => {
+                state.metrics.device_messages.inc();
+            }
+            Err(e) => {
+                tracing::warn!(topic = %msg.topic, error = %e, "device message dropped");
+                state.metrics.device_messages_dropped.inc();
+            }
         }
     }
     tracing::error!("control plane closed: device messages are no longer handled");

@@ -39,6 +39,8 @@ pub struct Metrics {
     pub csrf_rejected: Counter,
     /// Device messages dropped (malformed, unknown device, wrong topic).
     pub device_messages_dropped: Counter,
+    /// Device messages handled.
+    pub device_messages: Counter,
     senders: Gauge,
     senders_online: Gauge,
     mqtt_refused: Gauge,
@@ -51,6 +53,7 @@ impl Default for Metrics {
         let logins = Family::<LoginLabels, Counter>::default();
         let csrf_rejected = Counter::default();
         let device_messages_dropped = Counter::default();
+        let device_messages = Counter::default();
         let senders = Gauge::default();
         let senders_online = Gauge::default();
         let mqtt_refused = Gauge::default();
@@ -75,6 +78,11 @@ impl Default for Metrics {
             "Device messages dropped: malformed, unknown device or wrong topic",
             device_messages_dropped.clone(),
         );
+        registry.register(
+            "device_messages",
+            "Device messages handled",
+            device_messages.clone(),
+        );
         registry.register("senders", "Senders in the database", senders.clone());
         registry.register(
             "senders_online",
@@ -87,6 +95,7 @@ impl Default for Metrics {
             logins,
             csrf_rejected,
             device_messages_dropped,
+            device_messages,
             senders,
             senders_online,
             mqtt_refused,
