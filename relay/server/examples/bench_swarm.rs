@@ -210,9 +210,9 @@ async fn run(file: &str, host: &str, port: u16, secs: u64) -> anyhow::Result<()>
                     }
                 }
             }
+            counters.connected.fetch_add(1, Ordering::Relaxed);
             let _ = times_tx.send(t0.elapsed());
             drop(permit);
-            counters.connected.fetch_add(1, Ordering::Relaxed);
             let publish = |kind, msg: DeviceMessage, qos, retain| {
                 client.try_publish(
                     topic::topic(&d.id, kind),

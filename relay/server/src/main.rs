@@ -121,8 +121,10 @@ async fn mosquitto_config(
     mosquitto::write_crl(&state.ca, &state.db, &crl).await?;
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let out = out.canonicalize()?;
+    let devices = strata_relay::store::devices::active(&state.db).await?;
     let files = mosquitto::files(
         &state.ca,
+        &devices,
         &web::broker_names(&state.config),
         (&host, port),
         &out,

@@ -15,9 +15,10 @@
 //!
 //! [`files`] writes the configuration mosquitto needs (`strata-relay mosquitto-config`).
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -26,7 +27,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Value, json};
 use strata_proto::topic::{self, Kind};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::CONTROL_CLIENT_ID;
 use crate::ca::DeviceCa;
@@ -41,6 +42,10 @@ const DYNSEC_RESPONSE: &str = "$CONTROL/dynamic-security/v1/response";
 /// Bytes of commands per message when the whole device list is
 /// synchronised (well under the listener's `max_packet_size`).
 const SYNC_BATCH_BYTES: usize = 32 * 1024;
+/// Marks the answer to the relay's `listClients`.
+const LIST_CORRELATION: &str = "strata-relay-sync";
+/// Clients per `listClients` page (about 35 KB of answer).
+const LIST_PAGE: usize = 1000;
 /// Lifetime of the relay's own client certificate (a new one at every start).
 const RELAY_CERT_DAYS: u32 = 397;
 
@@ -49,9 +54,9 @@ pub fn role_name(device_id: &str) -> String {
     format!("strata-device-{device_id}")
 }
 
-/// Commands that let a device use its topics (errors for an existing role
-/// or client are expected and ignored).
-fn admit_commands(device_id: &str) -> [Value; 2] {
+/// What a device may do: publish on its own device-to-relay topics,
+/// subscribe to and receive its own commands.
+fn device_acls(device_id: &str) -> Vec<Value> {
     let mut acls: Vec<Value> = Kind::ALL
         .into_iter()
         .filter(|k| k.from_device())
@@ -60,9 +65,15 @@ fn admit_commands(device_id: &str) -> [Value; 2] {
     let commands = topic::topic(device_id, Kind::Command);
     acls.push(json!({"acltype": "subscribeLiteral", "topic": commands, "allow": true}));
     acls.push(json!({"acltype": "publishClientReceive", "topic": commands, "allow": true}));
+    acls
+}
+
+/// Commands that let a device use its topics (errors for an existing role
+/// or client are expected and ignored).
+fn admit_commands(device_id: &str) -> [Value; 2] {
     let role = role_name(device_id);
     [
-        json!({"command": "createRole", "rolename": role, "acls": acls}),
+        json!({"command": "createRole", "rolename": role, "acls": device_acls(device_id)}),
         json!({"command": "createClient", "username": device_id, "roles": [{"rolename": role}]}),
     ]
 }
@@ -88,6 +99,7 @@ pub struct Mosquitto {
     db: Db,
     crl_path: PathBuf,
     failed: AtomicU64,
+    listing: Mutex<Option<oneshot::Sender<(usize, Vec<String>)>>>,
 }
 
 /// What connecting to the external broker needs.
@@ -135,6 +147,7 @@ impl Mosquitto {
             db: setup.db,
             crl_path: setup.crl_path,
             failed: AtomicU64::new(0),
+            listing: Mutex::new(None),
         });
         tokio::spawn(run(m.clone(), eventloop, inbound));
         tracing::info!(host = %setup.host, port = setup.port, "using the external MQTT broker");
@@ -176,15 +189,20 @@ impl Mosquitto {
         }
     }
 
-    /// Brings the plugin's device list in line with the database.
+    /// Brings the plugin's device list in line with the database: admits
+    /// the devices it lacks and revokes the revoked ones it still has (a
+    /// fleet in step costs one `listClients`; the plugin rewrites its whole
+    /// JSON file after every command message).
     async fn sync(&self) -> anyhow::Result<()> {
+        let present = self.list_clients().await?;
         let active = devices::active(&self.db).await?;
         let revoked = devices::revoked(&self.db).await?;
-        let commands: Vec<Value> = active
+        let admit: Vec<&String> = active.iter().filter(|d| !present.contains(*d)).collect();
+        let cut: Vec<&String> = revoked.iter().filter(|d| present.contains(*d)).collect();
+        let commands = admit
             .iter()
             .flat_map(|d| admit_commands(d))
-            .chain(revoked.iter().flat_map(|d| revoke_commands(d)))
-            .collect();
+            .chain(cut.iter().flat_map(|d| revoke_commands(d)));
         let mut batch = Vec::new();
         let mut bytes = 0;
         for c in commands {
@@ -199,11 +217,39 @@ impl Mosquitto {
             self.send(batch).await;
         }
         tracing::info!(
-            active = active.len(),
-            revoked = revoked.len(),
+            devices = active.len(),
+            admitted = admit.len(),
+            revoked = cut.len(),
             "external broker's device list synchronised"
         );
         Ok(())
+    }
+
+    /// The plugin's client list, a page at a time (one answer for a whole
+    /// fleet would exceed the packet size limit).
+    async fn list_clients(&self) -> anyhow::Result<HashSet<String>> {
+        let mut all = HashSet::new();
+        loop {
+            let (tx, rx) = oneshot::channel();
+            *self.listing.lock().expect("listing") = Some(tx);
+            self.send(vec![json!({
+                "command": "listClients",
+                "verbose": false,
+                "count": LIST_PAGE,
+                "offset": all.len(),
+                "correlationData": LIST_CORRELATION,
+            })])
+            .await;
+            let (total, page) = tokio::time::timeout(Duration::from_secs(30), rx)
+                .await
+                .context("the dynamic-security plugin did not list its clients within 30 s")?
+                .context("connection lost while listing clients")?;
+            let got = page.len();
+            all.extend(page);
+            if got == 0 || all.len() >= total {
+                return Ok(all);
+            }
+        }
     }
 
     fn responses(&self, payload: &[u8]) {
@@ -215,6 +261,17 @@ impl Mosquitto {
             if let Some(error) = r["error"].as_str().filter(|e| !harmless(e)) {
                 self.failed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(command = %r["command"], error, "dynamic-security command failed");
+            } else if r["correlationData"] == LIST_CORRELATION
+                && let Some(waiter) = self.listing.lock().expect("listing").take()
+            {
+                let clients = r["data"]["clients"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| c.as_str().map(String::from))
+                    .collect();
+                let total = r["data"]["totalCount"].as_u64().unwrap_or(0) as usize;
+                let _ = waiter.send((total, clients));
             }
         }
     }
@@ -332,9 +389,11 @@ pub fn find_dynsec_plugin() -> Option<PathBuf> {
 }
 
 /// The configuration of a mosquitto listening on `host:port` for Strata
-/// devices, its files in `dir`, the relay's CRL at `crl`.
+/// devices, its files in `dir`, the relay's CRL at `crl`; the devices
+/// enrolled so far are in the plugin's initial state.
 pub fn files(
     ca: &DeviceCa,
+    devices: &[String],
     names: &[String],
     listen: (&str, u16),
     dir: &Path,
@@ -387,13 +446,19 @@ pub fn files(
     };
     let mut relay_acls: Vec<Value> = all(&format!("{}/#", topic::ROOT)).to_vec();
     relay_acls.extend(all("$CONTROL/dynamic-security/#"));
+    let mut clients = vec![json!({
+        "username": CONTROL_CLIENT_ID,
+        "textname": "the Strata relay's control plane",
+        "roles": [{"rolename": "strata-relay"}],
+    })];
+    let mut roles = vec![json!({"rolename": "strata-relay", "acls": relay_acls})];
+    for d in devices {
+        clients.push(json!({"username": d, "roles": [{"rolename": role_name(d)}]}));
+        roles.push(json!({"rolename": role_name(d), "acls": device_acls(d)}));
+    }
     let dynsec = json!({
-        "clients": [{
-            "username": CONTROL_CLIENT_ID,
-            "textname": "the Strata relay's control plane",
-            "roles": [{"rolename": "strata-relay"}],
-        }],
-        "roles": [{"rolename": "strata-relay", "acls": relay_acls}],
+        "clients": clients,
+        "roles": roles,
         "groups": [],
         "defaultACLAccess": {
             "publishClientSend": false,
