@@ -93,13 +93,16 @@ fn harmless(error: &str) -> bool {
     e.contains("already exists") || e.contains("not found")
 }
 
+/// One `listClients` answer: the plugin's total, and this page's usernames.
+type ClientPage = (usize, Vec<String>);
+
 /// The relay's administrative connection to the external broker.
 pub struct Mosquitto {
     client: AsyncClient,
     db: Db,
     crl_path: PathBuf,
     failed: AtomicU64,
-    listing: Mutex<Option<oneshot::Sender<(usize, Vec<String>)>>>,
+    listing: Mutex<Option<oneshot::Sender<ClientPage>>>,
 }
 
 /// What connecting to the external broker needs.
