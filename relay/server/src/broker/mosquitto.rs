@@ -87,6 +87,23 @@ fn revoke_commands(device_id: &str) -> [Value; 3] {
     ]
 }
 
+/// What to change so the plugin matches the database: devices admitted,
+/// devices cut off, and the commands.
+fn sync_plan(
+    present: &HashSet<String>,
+    active: &[String],
+    revoked: &[String],
+) -> (usize, usize, Vec<Value>) {
+    let admit: Vec<&String> = active.iter().filter(|d| !present.contains(*d)).collect();
+    let cut: Vec<&String> = revoked.iter().filter(|d| present.contains(*d)).collect();
+    let commands = admit
+        .iter()
+        .flat_map(|d| admit_commands(d))
+        .chain(cut.iter().flat_map(|d| revoke_commands(d)))
+        .collect();
+    (admit.len(), cut.len(), commands)
+}
+
 /// Whether a plugin error only says the change was made before.
 fn harmless(error: &str) -> bool {
     let e = error.to_ascii_lowercase();
@@ -200,12 +217,7 @@ impl Mosquitto {
         let present = self.list_clients().await?;
         let active = devices::active(&self.db).await?;
         let revoked = devices::revoked(&self.db).await?;
-        let admit: Vec<&String> = active.iter().filter(|d| !present.contains(*d)).collect();
-        let cut: Vec<&String> = revoked.iter().filter(|d| present.contains(*d)).collect();
-        let commands = admit
-            .iter()
-            .flat_map(|d| admit_commands(d))
-            .chain(cut.iter().flat_map(|d| revoke_commands(d)));
+        let (admit, cut, commands) = sync_plan(&present, &active, &revoked);
         let mut batch = Vec::new();
         let mut bytes = 0;
         for c in commands {
@@ -221,8 +233,8 @@ impl Mosquitto {
         }
         tracing::info!(
             devices = active.len(),
-            admitted = admit.len(),
-            revoked = cut.len(),
+            admitted = admit,
+            revoked = cut,
             "external broker's device list synchronised"
         );
         Ok(())
@@ -499,6 +511,38 @@ mod tests {
             .collect();
         assert_eq!(subs.len(), 1);
         assert_eq!(subs[0]["topic"], "strata/v1/dev/dev-a/cmd");
+    }
+
+    #[test]
+    fn sync_changes_only_what_differs() {
+        let present: HashSet<String> = ["_strata-relay", "a", "gone"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        let active = vec!["a".to_string(), "b".to_string()];
+        let revoked = vec!["gone".to_string(), "never-there".to_string()];
+        let (admitted, cut, commands) = sync_plan(&present, &active, &revoked);
+        assert_eq!((admitted, cut), (1, 1));
+        let names: Vec<(String, String)> = commands
+            .iter()
+            .map(|c| {
+                let who = c["username"].as_str().or(c["rolename"].as_str()).unwrap();
+                (c["command"].as_str().unwrap().to_string(), who.to_string())
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("createRole", "strata-device-b"),
+                ("createClient", "b"),
+                ("disableClient", "gone"),
+                ("deleteClient", "gone"),
+                ("deleteRole", "strata-device-gone"),
+            ]
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+        );
+        let (_, _, none) = sync_plan(&present, &["a".into()], &[]);
+        assert!(none.is_empty(), "a fleet in step costs nothing");
     }
 
     #[test]
