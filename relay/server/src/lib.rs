@@ -28,6 +28,7 @@ pub mod control;
 pub mod datadir;
 pub mod db;
 pub mod registry;
+pub mod releases;
 pub mod secrets;
 pub mod store;
 pub mod streaming;

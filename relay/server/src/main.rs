@@ -38,11 +38,38 @@ enum Command {
         #[arg(long)]
         plugin: Option<PathBuf>,
     },
+    /// Manage the agent releases devices can be updated to.
+    Release {
+        #[command(subcommand)]
+        command: ReleaseCommand,
+    },
     /// Manage user accounts.
     User {
         #[command(subcommand)]
         command: UserCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum ReleaseCommand {
+    /// Add a release signed with `strata-release sign` (the relay stores the
+    /// signature; devices check it).
+    Add {
+        /// Release version.
+        #[arg(long)]
+        version: String,
+        /// Target triple of the binary (aarch64-unknown-linux-gnu, ...).
+        #[arg(long)]
+        target: String,
+        /// The strata-agent binary.
+        #[arg(long)]
+        binary: PathBuf,
+        /// The signature `strata-release sign` printed (hex).
+        #[arg(long)]
+        signature: String,
+    },
+    /// List the releases.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -156,6 +183,31 @@ async fn mosquitto_config(
     Ok(())
 }
 
+fn release(config: Config, command: ReleaseCommand) -> anyhow::Result<()> {
+    use strata_relay::releases;
+    DataDir::open_or_create(&config.data_dir)?;
+    match command {
+        ReleaseCommand::Add {
+            version,
+            target,
+            binary,
+            signature,
+        } => {
+            let r = releases::add(&config.data_dir, &version, &target, &binary, &signature)?;
+            println!(
+                "added {} for {} ({} bytes, sha256 {})",
+                r.version, r.target, r.size, r.sha256
+            );
+        }
+        ReleaseCommand::List => {
+            for r in releases::list(&config.data_dir) {
+                println!("{}\t{}\t{}\t{}", r.target, r.version, r.size, r.sha256);
+            }
+        }
+    }
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -171,6 +223,7 @@ fn main() -> std::process::ExitCode {
         rt.block_on(async {
             match cli.command {
                 Command::Serve => web::serve(config).await,
+                Command::Release { command } => release(config, command),
                 Command::MosquittoConfig { out, plugin } => {
                     mosquitto_config(config, out, plugin).await
                 }

@@ -126,6 +126,16 @@ fn routes() -> Vec<Route> {
                 "action=enable",
             )
         },
+        // No release is stored in the matrix's relay: an allowed caller gets 404.
+        Route {
+            allowed: Some(404),
+            ..page(
+                "POST",
+                "/o/{org}/senders/{sender}/update",
+                Operator,
+                "release=x86_64-unknown-linux-gnu%2F9.9.9",
+            )
+        },
         api_route("GET", "/api/v1/o/{org}/senders", Viewer, ""),
         api_route("GET", "/api/v1/o/{org}/senders/{sender}", Viewer, ""),
         api_route(
@@ -148,6 +158,15 @@ fn routes() -> Vec<Route> {
                 "/api/v1/o/{org}/senders/{sender}/modems/m0",
                 Operator,
                 r#"{"action":"enable"}"#,
+            )
+        },
+        Route {
+            allowed: Some(404),
+            ..api_route(
+                "POST",
+                "/api/v1/o/{org}/senders/{sender}/update",
+                Operator,
+                r#"{"version":"9.9.9","target":"x86_64-unknown-linux-gnu"}"#,
             )
         },
         api_route("GET", "/api/v1/o/{org}/destinations", Viewer, ""),

@@ -5,6 +5,7 @@
 //! Data flow: broker (embedded or external) -> [`crate::control`] ->
 //! [`run`] -> one [`handle`] per message -> database and [`LiveTelemetry`].
 
+pub mod agents;
 pub mod commands;
 pub mod telemetry;
 
@@ -40,6 +41,8 @@ pub struct Registry {
     online: Mutex<HashSet<String>>,
     /// Recent telemetry per device.
     pub telemetry: LiveTelemetry,
+    /// Agent versions and self-updates.
+    pub agents: agents::Agents,
     pending: commands::Pending,
 }
 
@@ -91,6 +94,7 @@ impl Default for Registry {
             control: OnceLock::new(),
             online: Mutex::new(HashSet::new()),
             telemetry: LiveTelemetry::default(),
+            agents: agents::Agents::default(),
             pending: commands::Pending::default(),
         }
     }
@@ -179,6 +183,7 @@ impl Registry {
         }
         self.set_online(device_id, false);
         self.telemetry.forget(device_id);
+        self.agents.forget(device_id);
     }
 }
 
@@ -249,6 +254,9 @@ async fn status(state: &Arc<Relay>, device: &str, s: Status, now: i64) -> sqlx::
     senders::set_presence(&state.db, device, s.online, now).await?;
     let was = state.devices.is_online(device);
     state.devices.set_online(device, s.online);
+    if s.online {
+        state.devices.agents.running(device, &s.agent_version);
+    }
     tracing::info!(device, online = s.online, agent = %s.agent_version, "device status");
     if s.online && !was {
         // The owner may have changed settings while it was away.
@@ -259,8 +267,25 @@ async fn status(state: &Arc<Relay>, device: &str, s: Status, now: i64) -> sqlx::
 
 async fn event(state: &Relay, device: &str, kind: &EventKind) {
     tracing::info!(device, event = ?kind, "device event");
-    if let EventKind::StreamStopped { stream_id, reason } = kind {
-        crate::streaming::device_stopped(state, device, stream_id, reason).await;
+    match kind {
+        EventKind::StreamStopped { stream_id, reason } => {
+            crate::streaming::device_stopped(state, device, stream_id, reason).await;
+        }
+        EventKind::UpdateProgress { version, percent } => state.devices.agents.update(
+            device,
+            agents::Update::Downloading {
+                version: version.clone(),
+                percent: (*percent).min(100),
+            },
+        ),
+        EventKind::UpdateFailed { version, reason } => state.devices.agents.update(
+            device,
+            agents::Update::Failed {
+                version: version.clone(),
+                reason: reason.clone(),
+            },
+        ),
+        _ => {}
     }
 }
 

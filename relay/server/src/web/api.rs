@@ -43,6 +43,10 @@ pub fn router() -> Router<AppState> {
             axum::routing::post(revoke_sender),
         )
         .route(
+            "/api/v1/o/{org}/senders/{id}/update",
+            axum::routing::post(super::agent_update::update_api),
+        )
+        .route(
             "/api/v1/o/{org}/senders/{id}/modems/{modem}",
             axum::routing::post(super::modem_control::modem_api),
         )
@@ -460,7 +464,7 @@ impl Modify for BearerAuth {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Strata relay API", description = "Senders, destinations, streams, members and tokens of one organization. Authenticate with `Authorization: Bearer strata_...`."),
-    paths(list_senders, get_sender, put_settings, telemetry, revoke_sender, super::stream_control::start_api, super::stream_control::stop_api, super::modem_control::modem_api, list_destinations, create_destination, update_destination, delete_destination, list_streams, list_members, add_member, set_member_role, remove_member, list_tokens, create_token, revoke_token),
+    paths(list_senders, get_sender, put_settings, telemetry, revoke_sender, super::stream_control::start_api, super::stream_control::stop_api, super::modem_control::modem_api, super::agent_update::update_api, list_destinations, create_destination, update_destination, delete_destination, list_streams, list_members, add_member, set_member_role, remove_member, list_tokens, create_token, revoke_token),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

@@ -68,6 +68,7 @@ async fn detail_events(state: &AppState, org: &str, id: &str) -> Result<Vec<Even
         .ok_or(AppError::NotFound)?;
     let status = StatusFragment {
         sender: SenderView::of(&sender, now_ms()),
+        agent: state.devices.agents.get(id),
     }
     .render()?;
     let chart = ChartFragment::load(state, org, id).await?.to_string();

@@ -1,6 +1,7 @@
 //! HTTP: the router, shared state, errors, static assets and the small
 //! service endpoints. Pages live in [`pages`] modules, the JSON API in [`api`].
 
+mod agent_update;
 pub mod api;
 mod assets;
 mod chart;
@@ -146,6 +147,14 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/o/{org}/senders/{id}/modems/{modem}",
             post(modem_control::modem_action),
+        )
+        .route(
+            "/o/{org}/senders/{id}/update",
+            post(agent_update::update_page),
+        )
+        .route(
+            "/agent/releases/{target}/{version}/strata-agent",
+            get(agent_update::download),
         )
         .route(
             "/o/{org}/senders/{id}/start",

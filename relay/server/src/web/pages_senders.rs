@@ -199,6 +199,8 @@ pub async fn list(
 pub struct StatusFragment {
     /// The sender.
     pub sender: SenderView,
+    /// Its agent's version and last update.
+    pub agent: crate::registry::agents::AgentState,
 }
 
 /// The chart fragment of the sender page.
@@ -278,6 +280,8 @@ pub(super) struct DetailPage {
     stream_id: Option<String>,
     /// The organization's destinations, to choose from when starting.
     destinations: Vec<crate::store::destinations::Destination>,
+    /// Agent releases the relay has: (target/version, label).
+    releases: Vec<(String, String)>,
 }
 
 /// How long saving settings waits for the device to confirm them.
@@ -324,7 +328,17 @@ pub(super) async fn detail_page(
         nav: nav(state, caller, "senders")?,
         status: StatusFragment {
             sender: SenderView::of(&sender, now_ms()),
+            agent: state.devices.agents.get(id),
         },
+        releases: crate::releases::list(&state.data_dir)
+            .into_iter()
+            .map(|r| {
+                (
+                    format!("{}/{}", r.target, r.version),
+                    format!("{} ({})", r.version, r.target),
+                )
+            })
+            .collect(),
         chart: ChartFragment::load(state, &caller.org.id, id).await?,
         input_options,
         height_options: HEIGHTS.iter().map(|&h| (h, h == settings.height)).collect(),
