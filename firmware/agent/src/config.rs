@@ -42,6 +42,45 @@ pub struct AgentConfig {
     /// Emulated links instead of real interfaces (development, demo, tests).
     #[serde(default)]
     pub simulation: Option<SimulationConfig>,
+    /// Self-update.
+    #[serde(default)]
+    pub update: UpdateConfig,
+}
+
+/// `[update]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateConfig {
+    /// The release public key (64 hex digits), for a build without one baked
+    /// in (`STRATA_RELEASE_PUBKEY` at build time wins; this is for
+    /// development and tests). Without either, updates are refused.
+    #[serde(default)]
+    pub public_key_file: Option<PathBuf>,
+    /// A new version that has not reached the relay this many seconds after
+    /// it started is stopped and the previous one runs again.
+    #[serde(default = "default_trial_s")]
+    pub trial_s: u64,
+    /// Largest release accepted, bytes.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: u64,
+}
+
+fn default_trial_s() -> u64 {
+    120
+}
+
+fn default_max_bytes() -> u64 {
+    256 << 20
+}
+
+impl Default for UpdateConfig {
+    fn default() -> Self {
+        Self {
+            public_key_file: None,
+            trial_s: default_trial_s(),
+            max_bytes: default_max_bytes(),
+        }
+    }
 }
 
 fn default_data_dir() -> PathBuf {

@@ -50,7 +50,7 @@ impl Drop for Channel {
 pub fn status(online: bool, streaming: Option<String>) -> Vec<u8> {
     strata_proto::encode(&DeviceMessage::Status(Status {
         online,
-        agent_version: env!("CARGO_PKG_VERSION").into(),
+        agent_version: crate::update::running_version(),
         boot_id: boot_id(),
         streaming,
     }))

@@ -40,6 +40,10 @@ pub struct Device {
     last_links: Vec<strata_proto::message::Link>,
     /// The modems as last read.
     pub modems: Vec<strata_proto::message::Modem>,
+    /// An accepted update for the agent loop to fetch.
+    pub update_job: Option<crate::update::Job>,
+    /// The version being installed, from acceptance until it fails (or the restart).
+    pub updating: Option<String>,
 }
 
 /// A command's name for the log (never its fields: some are secrets).
@@ -102,7 +106,19 @@ impl Device {
             network_manager: None,
             last_links: Vec::new(),
             modems: Vec::new(),
+            update_job: None,
+            updating: None,
         }
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &AgentConfig {
+        &self.cfg
+    }
+
+    /// Queues an event for the relay.
+    pub fn report(&mut self, kind: EventKind) {
+        self.event(kind);
     }
 
     /// The inventory as it is now (inputs and modems read again).
@@ -253,6 +269,11 @@ impl Device {
                 psk,
                 encoder,
             } => {
+                if let Some(v) = &self.updating {
+                    return Outcome::Failed(format!(
+                        "agent {v} is being installed; start the stream after the restart"
+                    ));
+                }
                 let names = |id: &str| self.inputs.list.iter().any(|i| i.id == id);
                 if let Err(why) = encoder.check(names) {
                     return Outcome::Failed(why);
@@ -323,10 +344,42 @@ impl Device {
                 self.issued_certificate = Some(chain_pem);
                 Outcome::Ok
             }
-            CommandBody::Update { version, .. } => Outcome::Failed(format!(
-                "self-update is not built into agent {}; {version} not installed",
-                env!("CARGO_PKG_VERSION")
-            )),
+            CommandBody::Update {
+                version,
+                url,
+                sha256,
+                signature,
+            } => {
+                if self.stream.is_some() {
+                    return Outcome::Failed(
+                        "stop the stream first: installing an update restarts the agent".into(),
+                    );
+                }
+                if let Some(v) = &self.updating {
+                    return Outcome::Failed(format!("an update to {v} is already in progress"));
+                }
+                if let Err(why) = crate::update::trusted_key(&self.cfg) {
+                    return Outcome::Failed(why);
+                }
+                if !strata_release::valid_version(&version) {
+                    return Outcome::Failed(format!("{version:?} is not a version"));
+                }
+                if !url.starts_with("https://") {
+                    return Outcome::Failed("releases are fetched over HTTPS only".into());
+                }
+                if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Outcome::Failed("the release's SHA-256 is not 64 hex digits".into());
+                }
+                tracing::info!(%version, %url, "update accepted; downloading");
+                self.updating = Some(version.clone());
+                self.update_job = Some(crate::update::Job {
+                    version,
+                    url,
+                    sha256,
+                    signature,
+                });
+                Outcome::Ok
+            }
         }
     }
 

@@ -24,8 +24,11 @@
 //! - [`network`]: NetworkManager over D-Bus for the links when
 //!   `[links] auto_detect` (the default) and no `include` list.
 //!
+//! - [`update`]: self-update: signed releases from the relay, tried under
+//!   the launcher's supervision, rolled back when they cannot reach the relay.
+//!
 //! Not built yet (the owner is told, never shown a control that does
-//! nothing): self-update, media files as inputs, hardware encoders.
+//! nothing): media files as inputs, hardware encoders.
 
 pub mod config;
 pub mod control;
@@ -38,10 +41,11 @@ pub mod network;
 pub mod settings;
 pub mod status_page;
 pub mod stream;
+pub mod update;
 
 use std::time::Duration;
 
-use strata_proto::message::DeviceMessage;
+use strata_proto::message::{DeviceMessage, EventKind};
 use strata_proto::topic::Kind;
 
 use config::AgentConfig;
@@ -104,6 +108,12 @@ pub async fn run(
                 device.end_stream("the agent stopped");
                 return Ok(());
             }
+            Ended::Restart => {
+                let e = update::restart();
+                return Err(anyhow::anyhow!(
+                    "restarting into the new release failed: {e}"
+                ));
+            }
             Ended::Unusable(why) => {
                 tracing::error!(reason = %why, "the stored certificate is unusable; enrolling again");
                 identity.forget()?;
@@ -122,6 +132,8 @@ pub async fn run(
 
 enum Ended {
     Shutdown,
+    /// A new release is staged: restart through the launcher.
+    Restart,
     Revoked,
     /// The stored credentials cannot make a TLS client (corrupted files).
     Unusable(String),
@@ -144,8 +156,26 @@ async fn serve(
     let mut last_inventory = None;
     let mut inventory_at = tokio::time::Instant::now();
     let mut renew_asked: Option<tokio::time::Instant> = None;
+    let mut fetching: Option<tokio::sync::mpsc::Receiver<Fetch>> = None;
     loop {
         tokio::select! {
+            Some(f) = next_fetch(&mut fetching) => match f {
+                Fetch::Progress(percent) => if let Some(v) = device.updating.clone() {
+                    channel.send(&event(EventKind::UpdateProgress { version: v, percent }));
+                },
+                Fetch::Done(Ok(())) => {
+                    tracing::info!(version = ?device.updating, "release verified and staged; restarting into it");
+                    // Cleanly: no offline will; the new version says online.
+                    channel.disconnect().await;
+                    return Ok(Ended::Restart);
+                }
+                Fetch::Done(Err(why)) => {
+                    fetching = None;
+                    let version = device.updating.take().unwrap_or_default();
+                    tracing::error!(%version, reason = %why, "update refused; this version keeps running");
+                    channel.send(&event(EventKind::UpdateFailed { version, reason: why }));
+                }
+            },
             ev = channel.incoming.recv() => match ev {
                 Some(Incoming::Connected) => {
                     tracing::info!("control channel up");
@@ -157,6 +187,15 @@ async fn serve(
                     channel.send(&DeviceMessage::Inventory(inv.clone()));
                     last_inventory = Some(inv);
                     renew_asked = None;
+                    let data_dir = &device.config().data_dir;
+                    match update::commit(data_dir) {
+                        Ok(Some(v)) => tracing::info!(version = %v, "the new release reached the relay: installed"),
+                        Ok(None) => {}
+                        Err(e) => tracing::error!(error = %e, "cannot commit the new release"),
+                    }
+                    if let Some((version, reason)) = update::take_failure(data_dir) {
+                        channel.send(&event(EventKind::UpdateFailed { version, reason }));
+                    }
                 }
                 Some(Incoming::Command(payload)) => device.handle(&payload).await,
                 Some(Incoming::Disconnected(why)) => {
@@ -212,6 +251,9 @@ async fn serve(
                 return Ok(Ended::Shutdown);
             }
         }
+        if let Some(job) = device.update_job.take() {
+            fetching = Some(start_fetch(device.config().clone(), job));
+        }
         let streaming_before = last_streaming(&device.outbox);
         for m in device.outbox.drain(..) {
             channel.send(&m);
@@ -236,6 +278,46 @@ async fn serve(
             }
         }
     }
+}
+
+/// What a release download reports to the agent loop.
+enum Fetch {
+    Progress(u8),
+    Done(Result<(), String>),
+}
+
+/// Downloads and stages a release in the background (the stream and the
+/// control channel go on meanwhile).
+fn start_fetch(cfg: AgentConfig, job: update::Job) -> tokio::sync::mpsc::Receiver<Fetch> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        let result = match enrollment::http_client(&cfg) {
+            Ok(http) => {
+                let progress_tx = tx.clone();
+                let progress = move |p: u8| {
+                    let _ = progress_tx.try_send(Fetch::Progress(p));
+                };
+                update::fetch(&http, &cfg, &job, &progress).await
+            }
+            Err(e) => Err(format!("no HTTP client: {e:#}")),
+        };
+        let _ = tx.send(Fetch::Done(result)).await;
+    });
+    rx
+}
+
+async fn next_fetch(rx: &mut Option<tokio::sync::mpsc::Receiver<Fetch>>) -> Option<Fetch> {
+    match rx {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn event(kind: EventKind) -> DeviceMessage {
+    DeviceMessage::Event(strata_proto::message::Event {
+        ts_ms: device::now_ms(),
+        kind,
+    })
 }
 
 /// Whether the outbox says the stream started or stopped (status changes).

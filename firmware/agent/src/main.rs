@@ -35,6 +35,13 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // Which binary runs: a release being tried, the installed one, or this one.
+    match strata_agent::update::launcher::launch(&cfg) {
+        strata_agent::update::launcher::Launch::RunHere => {}
+        strata_agent::update::launcher::Launch::Exit(code) => {
+            return std::process::ExitCode::from(code);
+        }
+    }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

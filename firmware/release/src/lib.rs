@@ -150,6 +150,16 @@ impl Sha256 {
         self.len += bytes.len() as u64;
     }
 
+    /// Bytes hashed so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing was hashed yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     /// The digest (hex) and the number of bytes hashed.
     pub fn finish(self) -> (String, u64) {
         (hex(self.ctx.finish().as_ref()), self.len)

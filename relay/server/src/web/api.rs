@@ -94,6 +94,12 @@ pub struct ApiSender {
     pub inventory: Inventory,
     /// Encoder settings.
     pub settings: EncoderSettings,
+    /// The agent's version, from its last status (single-sender reads only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_version: Option<String>,
+    /// The last self-update, as the sender page says it (single-sender reads only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_update: Option<String>,
 }
 
 impl From<SenderRow> for ApiSender {
@@ -106,6 +112,8 @@ impl From<SenderRow> for ApiSender {
             online: s.online != 0,
             last_seen_at: s.last_seen_at,
             current_stream_id: s.current_stream_id,
+            agent_version: None,
+            agent_update: None,
         }
     }
 }
@@ -157,7 +165,11 @@ async fn get_sender(
     let s = senders::get(&state.db, &c.org.id, &id)
         .await?
         .ok_or(AppError::NotFound)?;
-    Ok(Json(s.into()))
+    let agent = state.devices.agents.get(&id);
+    let mut out = ApiSender::from(s);
+    out.agent_version = Some(agent.version).filter(|v| !v.is_empty());
+    out.agent_update = agent.update.map(|u| u.describe());
+    Ok(Json(out))
 }
 
 #[utoipa::path(put, path = "/api/v1/o/{org}/senders/{id}/settings", params(("org" = String, Path), ("id" = String, Path)), request_body = EncoderSettings, responses((status = 200, body = EncoderSettings), (status = 400), (status = 403), (status = 404)), security(("bearer" = [])))]
