@@ -20,8 +20,8 @@ pub struct AgentConfig {
     /// Persistent state: key, certificate, settings.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
-    /// Where media files will be offered from (media file inputs are not
-    /// built yet; the key is accepted so shipped configs stay valid).
+    /// Video files directly in this directory (mp4, mkv, mov, ts, m2ts,
+    /// webm, flv) are offered as inputs, streamed in a loop.
     #[serde(default = "default_media_dir")]
     pub media_dir: PathBuf,
     /// `tracing` filter when `RUST_LOG` is unset.

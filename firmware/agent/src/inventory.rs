@@ -1,5 +1,6 @@
 //! What the device has, as the owner thinks of it: links, modems, media
-//! inputs. Published (retained) whenever it changes.
+//! inputs (capture devices, the video files in `media_dir`, the test
+//! pattern). Published (retained) whenever it changes.
 //!
 //! Capture devices come from GStreamer's device monitor (the V4L2 provider
 //! lists every capture node with its formats), so what is offered is exactly
@@ -21,6 +22,8 @@ pub struct Inputs {
     pub list: Vec<Input>,
     /// Device node of each V4L2 input id.
     pub devices: Vec<(String, PathBuf)>,
+    /// Path of each media file input id.
+    pub files: Vec<(String, PathBuf)>,
 }
 
 impl Inputs {
@@ -28,6 +31,60 @@ impl Inputs {
     pub fn v4l2_device(&self, id: &str) -> Option<&PathBuf> {
         self.devices.iter().find(|(i, _)| i == id).map(|(_, p)| p)
     }
+
+    /// The path of a media file input.
+    pub fn file(&self, id: &str) -> Option<&PathBuf> {
+        self.files.iter().find(|(i, _)| i == id).map(|(_, p)| p)
+    }
+}
+
+/// File name endings offered as media inputs.
+const MEDIA_EXTENSIONS: [&str; 7] = ["mp4", "mkv", "mov", "ts", "m2ts", "webm", "flv"];
+/// At most this many files are offered (the inventory stays small).
+const MAX_FILES: usize = 64;
+
+/// (id, file name, path) of the media files directly in `dir`, by name.
+/// Names that cannot go into a pipeline description safely (quotes,
+/// backslashes, control characters) are skipped.
+fn media_files(dir: &std::path::Path) -> Vec<(String, String, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<(String, String, PathBuf)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let path = e.path();
+            let name = path.file_name()?.to_str()?.to_string();
+            let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+            let usable = MEDIA_EXTENSIONS.contains(&ext.as_str())
+                && path.is_file()
+                && !path
+                    .to_str()?
+                    .chars()
+                    .any(|c| c == '"' || c == '\\' || c.is_control());
+            usable.then(|| (file_id(&name), name, path))
+        })
+        .collect();
+    found.sort_by(|a, b| a.1.cmp(&b.1));
+    found.dedup_by(|a, b| a.0 == b.0);
+    found.truncate(MAX_FILES);
+    found
+}
+
+/// A media file's input id: `file-` and its name in `[a-z0-9-]`.
+fn file_id(name: &str) -> String {
+    let mut id: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    id.truncate(56);
+    format!("file-{}", id.trim_matches('-'))
 }
 
 /// Lists the inputs: capture devices (if enabled) and the test pattern.
@@ -56,6 +113,15 @@ pub fn inputs(cfg: &AgentConfig) -> Inputs {
             id,
             kind: InputKind::V4l2,
             name: dev.display().to_string(),
+            formats: Vec::new(),
+        });
+    }
+    for (id, name, path) in media_files(&cfg.media_dir) {
+        out.files.push((id.clone(), path));
+        out.list.push(Input {
+            id,
+            kind: InputKind::File,
+            name,
             formats: Vec::new(),
         });
     }

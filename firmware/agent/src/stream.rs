@@ -170,7 +170,8 @@ impl Stream {
 
         let enc = &req.encoder;
         let start_kbps = enc.max_kbps.min(enc.min_kbps.max(2500));
-        let description = describe(enc, inputs, start_kbps)?;
+        // Describing a file input probes it (up to 5 s).
+        let description = tokio::task::block_in_place(|| describe(enc, inputs, start_kbps))?;
         let pipeline = gst::parse::launch(&description)?
             .downcast::<gst::Pipeline>()
             .map_err(|_| anyhow::anyhow!("not a pipeline"))?;
@@ -205,6 +206,18 @@ impl Stream {
                 counter.fetch_add(1, Ordering::Relaxed);
                 gst::PadProbeReturn::Ok
             });
+        // A file is prerolled and set looping before anything is sent, so
+        // the stream's timestamps start once, at the file's start.
+        if inputs.file(&enc.input).is_some() {
+            let looped = pipeline
+                .set_state(gst::State::Paused)
+                .map_err(|_| anyhow::anyhow!("the file did not open: {}", first_error(&pipeline)))
+                .and_then(|_| tokio::task::block_in_place(|| loop_file(&pipeline)));
+            if let Err(e) = looped {
+                let _ = pipeline.set_state(gst::State::Null);
+                return Err(e);
+            }
+        }
         pipeline.set_state(gst::State::Playing).map_err(|_| {
             anyhow::anyhow!("the pipeline did not start: {}", first_error(&pipeline))
         })?;
@@ -431,6 +444,66 @@ fn first_error(p: &gst::Pipeline) -> String {
         .unwrap_or_else(|| "no reason given".into())
 }
 
+/// Whether a media file has a sound track (and can be decoded at all).
+fn has_audio(path: &std::path::Path) -> anyhow::Result<bool> {
+    let discoverer = gstreamer_pbutils::Discoverer::new(gst::ClockTime::from_seconds(5))?;
+    let uri = gst::glib::filename_to_uri(path, None)?;
+    let info = discoverer
+        .discover_uri(&uri)
+        .map_err(|e| anyhow::anyhow!("{} cannot be played: {e}", path.display()))?;
+    if info.video_streams().is_empty() {
+        anyhow::bail!("{} has no video", path.display());
+    }
+    Ok(!info.audio_streams().is_empty())
+}
+
+/// Plays a file input in a loop: segment seeks, so running time (and the
+/// stream's timestamps) go on across the loop point. A thread of its own
+/// answers each segment's end; it ends with the pipeline.
+fn loop_file(pipeline: &gst::Pipeline) -> anyhow::Result<()> {
+    let flags = gst::SeekFlags::FLUSH | gst::SeekFlags::SEGMENT;
+    let (ok, _, _) = pipeline.state(gst::ClockTime::from_seconds(10));
+    ok.map_err(|_| anyhow::anyhow!("the file did not start: {}", first_error(pipeline)))?;
+    pipeline.seek(
+        1.0,
+        flags,
+        gst::SeekType::Set,
+        gst::ClockTime::ZERO,
+        gst::SeekType::None,
+        gst::ClockTime::NONE,
+    )?;
+    let bus = pipeline.bus().expect("a pipeline has a bus");
+    let weak = pipeline.downgrade();
+    std::thread::Builder::new()
+        .name("file-loop".into())
+        .spawn(move || {
+            while let Some(p) = weak.upgrade() {
+                if p.current_state() == gst::State::Null {
+                    break;
+                }
+                drop(p);
+                let Some(_) = bus.timed_pop_filtered(
+                    gst::ClockTime::from_mseconds(200),
+                    &[gst::MessageType::SegmentDone],
+                ) else {
+                    continue;
+                };
+                let Some(p) = weak.upgrade() else { break };
+                if let Err(e) = p.seek(
+                    1.0,
+                    gst::SeekFlags::SEGMENT,
+                    gst::SeekType::Set,
+                    gst::ClockTime::ZERO,
+                    gst::SeekType::None,
+                    gst::ClockTime::NONE,
+                ) {
+                    tracing::warn!(error = %e, "looping the file failed");
+                }
+            }
+        })?;
+    Ok(())
+}
+
 /// The pipeline description. Only validated numbers and paths from the
 /// inventory are put into it.
 fn describe(enc: &EncoderSettings, inputs: &Inputs, kbps: u32) -> anyhow::Result<String> {
@@ -438,8 +511,22 @@ fn describe(enc: &EncoderSettings, inputs: &Inputs, kbps: u32) -> anyhow::Result
     let width = (height * 16 / 9 + 1) & !1;
     let fps = enc.fps;
     let raw = format!("video/x-raw,width={width},height={height},framerate={fps}/1");
+    // A file decodes as fast as it can: the sink paces it (sync) and the
+    // queue before the encoder must hold frames back, not drop them.
+    let mut file_audio = None;
+    let mut sync = false;
+    let mut leaky = "leaky=downstream";
     let source = if enc.input == TEST_PATTERN {
         format!("videotestsrc is-live=true pattern=smpte ! {raw} ! timeoverlay")
+    } else if let Some(path) = inputs.file(&enc.input) {
+        file_audio = Some(has_audio(path)?);
+        sync = true;
+        leaky = "";
+        format!(
+            "filesrc location=\"{}\" ! decodebin name=dec dec. ! queue ! videoconvert ! \
+             videoscale ! videorate ! {raw}",
+            path.display()
+        )
     } else {
         let dev = inputs
             .v4l2_device(&enc.input)
@@ -467,16 +554,27 @@ fn describe(enc: &EncoderSettings, inputs: &Inputs, kbps: u32) -> anyhow::Result
         ),
     };
     let mut d = format!(
-        "{source} ! videoconvert ! queue max-size-buffers=4 leaky=downstream ! {encoder} ! \
+        "{source} ! videoconvert ! queue max-size-buffers=4 {leaky} ! {encoder} ! \
          {parser} name=vparse config-interval=-1 ! queue ! \
-         mpegtsmux name=mux alignment=7 ! appsink name=sink sync=false max-buffers=256"
+         mpegtsmux name=mux alignment=7 ! appsink name=sink sync={sync} max-buffers=256"
     );
-    if enc.audio {
-        d.push_str(&format!(
-            " audiotestsrc is-live=true wave=sine freq=440 volume=0.2 ! \
-             audio/x-raw,rate=48000,channels=2 ! audioconvert ! avenc_aac bitrate={AUDIO_BPS} ! \
-             aacparse ! queue ! mux."
-        ));
+    let aac = format!(
+        "audio/x-raw,rate=48000,channels=2 ! audioconvert ! avenc_aac bitrate={AUDIO_BPS} ! \
+         aacparse ! queue ! mux."
+    );
+    match (enc.audio, file_audio) {
+        (true, None) => d.push_str(&format!(
+            " audiotestsrc is-live=true wave=sine freq=440 volume=0.2 ! {aac}"
+        )),
+        (true, Some(true)) => d.push_str(&format!(
+            " dec. ! queue ! audioconvert ! audioresample ! {aac}"
+        )),
+        // A file without sound is sent without an audio track: a generated
+        // one would never end its segment, and the loop would stop.
+        (true, Some(false)) => {}
+        // Its sound is not sent: drained, so decoding never waits on it.
+        (false, Some(true)) => d.push_str(" dec. ! queue ! fakesink sync=false async=false"),
+        (false, _) => {}
     }
     Ok(d)
 }

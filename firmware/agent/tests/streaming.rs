@@ -170,3 +170,120 @@ async fn links_leave_and_join_while_live() {
     assert_eq!(stream.links().len(), 1);
     stream.stop();
 }
+
+/// A short file made by ffmpeg: `secs` of test video, with a tone if `audio`.
+fn media_file(dir: &std::path::Path, name: &str, secs: u32, audio: bool) {
+    let mut c = std::process::Command::new("ffmpeg");
+    c.args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg(format!("testsrc=duration={secs}:size=640x360:rate=25"));
+    if audio {
+        c.args(["-f", "lavfi", "-i"])
+            .arg(format!("sine=duration={secs}:frequency=880"))
+            .args(["-c:a", "aac"]);
+    }
+    let ok = c
+        .args(["-c:v", "libx264", "-pix_fmt", "yuv420p"])
+        .arg(dir.join(name))
+        .status()
+        .expect("ffmpeg")
+        .success();
+    assert!(ok, "ffmpeg made {name}");
+}
+
+/// Duration (s) of what ffprobe reads in a TS file.
+fn duration_of(path: &std::path::Path) -> f64 {
+    let out = std::process::Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "format=duration",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(path)
+        .output()
+        .expect("ffprobe");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_files_are_offered_and_streamed_in_a_loop() {
+    gstreamer::init().unwrap();
+    let media = tempfile::tempdir().unwrap();
+    media_file(media.path(), "Intro clip.mp4", 2, true);
+    media_file(media.path(), "silent.mkv", 2, false);
+    std::fs::write(media.path().join("notes.txt"), "not media").unwrap();
+    std::fs::write(media.path().join("bad\"name.mp4"), "x").unwrap();
+    let cfg: strata_agent::config::AgentConfig = toml::from_str(&format!(
+        "relay_url = \"https://relay.example\"\nmedia_dir = \"{}\"\n[inputs]\nauto_detect = false\n",
+        media.path().display()
+    ))
+    .unwrap();
+    let inputs = strata_agent::inventory::inputs(&cfg);
+    let ids: Vec<&str> = inputs.list.iter().map(|i| i.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["file-intro-clip-mp4", "file-silent-mkv"],
+        "{:?}",
+        inputs.list
+    );
+
+    for id in ids {
+        let receiver = BondedReceiver::new(ReceiverConfig {
+            listen: vec!["127.0.0.1:0".parse().unwrap()],
+            psk: Some(Psk::new(PSK).unwrap()),
+            buffer_ms: 300,
+        })
+        .unwrap();
+        let links = vec![
+            toml::from_str::<SimulatedLink>("name = \"wwan0\"\nrate_kbps = 8000\ndelay_ms = 5")
+                .unwrap(),
+        ];
+        let req = StreamRequest {
+            stream_id: format!("file-{id}"),
+            relay_host: "127.0.0.1".into(),
+            ports: receiver.ports(),
+            encoder: EncoderSettings {
+                input: id.into(),
+                codec: Codec::H264,
+                height: 360,
+                fps: 25,
+                min_kbps: 500,
+                max_kbps: 1000,
+                audio: true,
+            },
+        };
+        let plan = LinkPlan::Simulated { seed: 5, links };
+        let mut stream = Stream::start(&req, PSK, &plan, &inputs).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.ts");
+        let mut file = std::fs::File::create(&path).unwrap();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(6) {
+            stream.tick().unwrap();
+            if let Some(ts) =
+                tokio::task::block_in_place(|| receiver.read(Duration::from_millis(100))).unwrap()
+            {
+                file.write_all(&ts).unwrap();
+            }
+        }
+        stream.stop();
+        let mut codecs = codecs_of(&path);
+        codecs.dedup();
+        codecs.truncate(2);
+        let expect: &[&str] = if id.contains("silent") {
+            &["h264"]
+        } else {
+            &["h264", "aac"]
+        };
+        assert_eq!(codecs, expect, "{id}: a file's own tracks are sent");
+        // Paced in real time and looped: a 2 s file fills most of 6 s.
+        let secs = duration_of(&path);
+        eprintln!("{id}: {secs:.1} s received in 6 s");
+        assert!((4.0..=7.0).contains(&secs), "{id}: {secs} s received");
+    }
+}

@@ -76,6 +76,7 @@ RDEPENDS:${PN} = "ca-certificates \
                   dbus \
                   e2fsprogs-resize2fs \
                   gstreamer1.0-libav \
+                  gstreamer1.0-plugins-bad-mpegtsdemux \
                   gstreamer1.0-plugins-bad-mpegtsmux \
                   gstreamer1.0-plugins-bad-videoparsersbad \
                   gstreamer1.0-plugins-base-alsa \
@@ -83,11 +84,16 @@ RDEPENDS:${PN} = "ca-certificates \
                   gstreamer1.0-plugins-base-audioconvert \
                   gstreamer1.0-plugins-base-audioresample \
                   gstreamer1.0-plugins-base-audiotestsrc \
+                  gstreamer1.0-plugins-base-playback \
+                  gstreamer1.0-plugins-base-typefindfunctions \
                   gstreamer1.0-plugins-base-videoconvertscale \
                   gstreamer1.0-plugins-base-videorate \
                   gstreamer1.0-plugins-base-videotestsrc \
                   gstreamer1.0-plugins-good-audioparsers \
+                  gstreamer1.0-plugins-good-flv \
+                  gstreamer1.0-plugins-good-isomp4 \
                   gstreamer1.0-plugins-good-jpeg \
+                  gstreamer1.0-plugins-good-matroska \
                   gstreamer1.0-plugins-good-video4linux2 \
                   gstreamer1.0-plugins-ugly-x264 \
                   librist \
