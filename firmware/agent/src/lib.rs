@@ -27,8 +27,8 @@
 //! - [`update`]: self-update: signed releases from the relay, tried under
 //!   the launcher's supervision, rolled back when they cannot reach the relay.
 //!
-//! Not built yet (the owner is told, never shown a control that does
-//! nothing): media files as inputs, hardware encoders.
+//! Not built yet (the owner is never shown a control that does nothing):
+//! hardware encoders (x264enc / x265enc are used on every board).
 
 pub mod config;
 pub mod control;
