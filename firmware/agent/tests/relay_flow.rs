@@ -1,7 +1,8 @@
 //! The agent against a real `strata-relay` (and its `strata-receiver`
 //! workers), as an owner would use them: enrollment by user code, the
 //! device online with its inventory, a stream from the test pattern over
-//! three emulated links recorded by the relay (ffprobe checks it), the
+//! three emulated links recorded by the relay and forwarded to nginx-rtmp
+//! (ffprobe checks both), the
 //! control channel cut for 30 s while the stream goes on, a restart that
 //! keeps the identity, and revocation that stops the device and says why.
 
@@ -14,7 +15,7 @@ use serde_json::{Value, json};
 use strata_agent::config::AgentConfig;
 use strata_agent::enrollment::Pending;
 use support::fake_mm::{fake_modem_manager, private_bus};
-use support::{Owner, Proxy, Relay, probe, until};
+use support::{Nginx, Owner, Proxy, Relay, probe, until};
 use tokio::sync::{mpsc, oneshot};
 
 struct RunningAgent {
@@ -186,7 +187,7 @@ async fn enroll_stream_survive_control_outage_restart_and_revoke() {
     assert_eq!(status, 400);
     let key = std::fs::read_to_string(agent_data.join("identity/device.key")).unwrap();
 
-    // A recording destination, and a stream to it.
+    // A recording and an RTMP destination (nginx-rtmp), and a stream to both.
     let (status, dest) = owner
         .api(
             "POST",
@@ -196,11 +197,25 @@ async fn enroll_stream_survive_control_outage_restart_and_revoke() {
         .await;
     assert_eq!(status, 201, "{dest}");
     let dest_id = dest["id"].as_str().unwrap().to_string();
+    let nginx = Nginx::start(&tmp.path().join("nginx"));
+    let (status, live) = owner
+        .api(
+            "POST",
+            "/destinations",
+            Some(json!({
+                "name": "Live",
+                "kind": "rtmp",
+                "target": format!("rtmp://127.0.0.1:{}/live", nginx.port),
+                "secret": "agent-test-key",
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{live}");
     let (status, started) = owner
         .api(
             "POST",
             &format!("/senders/{id}/streams"),
-            Some(json!({"destinations": [dest_id]})),
+            Some(json!({"destinations": [dest_id, live["id"]]})),
         )
         .await;
     assert_eq!(status, 201, "{started}\n{}", relay.log());
@@ -273,6 +288,19 @@ async fn enroll_stream_survive_control_outage_restart_and_revoke() {
         "{codecs:?}"
     );
     assert!(duration > 30.0, "recorded {duration} s");
+    // nginx got the same stream over RTMP (FLV remux, no transcoding).
+    let mut flv = Vec::new();
+    until("nginx finalized its recording", 10, async || {
+        flv = nginx.recordings();
+        !flv.is_empty()
+    })
+    .await;
+    let (codecs, secs) = probe(flv.last().unwrap());
+    assert!(
+        codecs.contains(&"h264".to_string()) && codecs.contains(&"aac".to_string()),
+        "nginx: {codecs:?}"
+    );
+    assert!(secs > 30.0, "nginx recorded {secs} s");
 
     // A restart keeps the identity: online again without a new code.
     agent.stop().await;

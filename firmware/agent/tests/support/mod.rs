@@ -360,3 +360,74 @@ pub async fn until<F: AsyncFnMut() -> bool>(what: &str, secs: u64, mut f: F) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// nginx with the RTMP module on a free port, recording what it receives
+/// as FLV (`rec/`); stopped when dropped.
+pub struct Nginx {
+    child: Child,
+    /// Its directory (config, logs, recordings).
+    pub dir: PathBuf,
+    /// Its RTMP port.
+    pub port: u16,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Nginx {
+    /// Starts nginx in `dir`.
+    pub fn start(dir: &Path) -> Nginx {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        std::fs::create_dir_all(dir.join("rec")).unwrap();
+        let conf = format!(
+            "load_module /usr/lib/nginx/modules/ngx_rtmp_module.so;\n\
+             user root;\nworker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\n\
+             error_log {d}/error.log info;\nevents {{ worker_connections 64; }}\n\
+             rtmp {{ server {{ listen 127.0.0.1:{port}; chunk_size 4096;\n\
+               application live {{ live on; record all; record_path {d}/rec; record_unique on; }} }} }}\n",
+            d = dir.display()
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+        let child = Command::new("nginx")
+            .arg("-p")
+            .arg(dir)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx with the RTMP module (scripts/setup installs it)");
+        let start = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "nginx did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Nginx {
+            child,
+            dir: dir.to_path_buf(),
+            port,
+        }
+    }
+
+    /// What it recorded, oldest first.
+    pub fn recordings(&self) -> Vec<PathBuf> {
+        let mut v: Vec<_> = std::fs::read_dir(self.dir.join("rec"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        v.sort();
+        v
+    }
+}
