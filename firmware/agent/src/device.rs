@@ -364,6 +364,13 @@ impl Device {
                 if !strata_release::valid_version(&version) {
                     return Outcome::Failed(format!("{version:?} is not a version"));
                 }
+                // A signed old release may have known holes: no downgrades.
+                let running = crate::update::running_version();
+                if !crate::update::is_newer(&version, &running) {
+                    return Outcome::Failed(format!(
+                        "{version} is not newer than the running {running}"
+                    ));
+                }
                 if !url.starts_with("https://") {
                     return Outcome::Failed("releases are fetched over HTTPS only".into());
                 }

@@ -66,14 +66,21 @@ fn media_files(dir: &std::path::Path) -> Vec<(String, String, PathBuf)> {
         })
         .collect();
     found.sort_by(|a, b| a.1.cmp(&b.1));
-    found.dedup_by(|a, b| a.0 == b.0);
+    // Two names can make one id ("A.mp4", "a.mp4"): the first keeps it.
+    let mut seen = std::collections::HashSet::new();
+    found.retain(|f| seen.insert(f.0.clone()));
     found.truncate(MAX_FILES);
     found
 }
 
 /// A media file's input id: `file-` and its name in `[a-z0-9-]`.
 fn file_id(name: &str) -> String {
-    let mut id: String = name
+    slug("file", name)
+}
+
+/// `prefix-` and `text` in `[a-z0-9-]`, at most 56 characters of it.
+fn slug(prefix: &str, text: &str) -> String {
+    let mut id: String = text
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() {
@@ -84,7 +91,7 @@ fn file_id(name: &str) -> String {
         })
         .collect();
     id.truncate(56);
-    format!("file-{}", id.trim_matches('-'))
+    format!("{prefix}-{}", id.trim_matches('-'))
 }
 
 /// Lists the inputs: capture devices (if enabled) and the test pattern.
@@ -140,19 +147,7 @@ pub fn inputs(cfg: &AgentConfig) -> Inputs {
 /// it is plugged into), so stored settings keep meaning the same camera
 /// when devices are re-plugged and /dev/videoN numbers change.
 fn input_id(stable: &str) -> String {
-    let mut id: String = stable
-        .trim_start_matches("/dev/")
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    id.truncate(56);
-    format!("cam-{}", id.trim_matches('-'))
+    slug("cam", stable.trim_start_matches("/dev/"))
 }
 
 /// (id, name, device node, formats) of every V4L2 video source GStreamer sees.

@@ -157,6 +157,9 @@ async fn serve(
     let mut inventory_at = tokio::time::Instant::now();
     let mut renew_asked: Option<tokio::time::Instant> = None;
     let mut fetching: Option<tokio::sync::mpsc::Receiver<Fetch>> = None;
+    // A download that a previous session of the channel started is gone with it.
+    device.updating = None;
+    device.update_job = None;
     loop {
         tokio::select! {
             Some(f) = next_fetch(&mut fetching) => match f {

@@ -85,7 +85,13 @@ pub struct Stream {
     fps: f32,
     started: Instant,
     logged: Instant,
+    /// For a looped file, the bus has one reader (the loop thread), which
+    /// leaves here why the pipeline ended.
+    ended: Option<Ended>,
 }
+
+/// Why a pipeline ended, as its bus said.
+type Ended = Arc<Mutex<Option<String>>>;
 
 impl std::fmt::Debug for Stream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -208,19 +214,25 @@ impl Stream {
             });
         // A file is prerolled and set looping before anything is sent, so
         // the stream's timestamps start once, at the file's start.
+        let mut ended = None;
         if inputs.file(&enc.input).is_some() {
             let looped = pipeline
                 .set_state(gst::State::Paused)
                 .map_err(|_| anyhow::anyhow!("the file did not open: {}", first_error(&pipeline)))
                 .and_then(|_| tokio::task::block_in_place(|| loop_file(&pipeline)));
-            if let Err(e) = looped {
-                let _ = pipeline.set_state(gst::State::Null);
-                return Err(e);
+            match looped {
+                Ok(slot) => ended = Some(slot),
+                Err(e) => {
+                    let _ = pipeline.set_state(gst::State::Null);
+                    return Err(e);
+                }
             }
         }
-        pipeline.set_state(gst::State::Playing).map_err(|_| {
-            anyhow::anyhow!("the pipeline did not start: {}", first_error(&pipeline))
-        })?;
+        if pipeline.set_state(gst::State::Playing).is_err() {
+            let why = first_error(&pipeline);
+            let _ = pipeline.set_state(gst::State::Null);
+            anyhow::bail!("the pipeline did not start: {why}");
+        }
         tracing::info!(stream = %req.stream_id, links = ?names, kbps = start_kbps, "streaming");
         Ok(Stream {
             id: req.stream_id.clone(),
@@ -243,6 +255,7 @@ impl Stream {
             fps: 0.0,
             started: Instant::now(),
             logged: Instant::now(),
+            ended,
         })
     }
 
@@ -309,19 +322,16 @@ impl Stream {
     /// Follows the bond's capacity and checks the pipeline; `Err` says why
     /// the stream died (device unplugged, encoder error).
     pub fn tick(&mut self) -> Result<(), String> {
-        if let Some(msg) = self
-            .pipeline
-            .bus()
-            .and_then(|bus| bus.pop_filtered(&[gst::MessageType::Error, gst::MessageType::Eos]))
-        {
-            return Err(match msg.view() {
-                gst::MessageView::Error(e) => format!(
-                    "{}: {}",
-                    e.src().map(|s| s.name().to_string()).unwrap_or_default(),
-                    e.error()
-                ),
-                _ => "the input ended".into(),
-            });
+        let ended = match &self.ended {
+            Some(slot) => slot.lock().expect("ended slot").take(),
+            None => self
+                .pipeline
+                .bus()
+                .and_then(|bus| bus.pop_filtered(&[gst::MessageType::Error, gst::MessageType::Eos]))
+                .and_then(|m| why_ended(&m)),
+        };
+        if let Some(why) = ended {
+            return Err(why);
         }
         let now = Instant::now();
         let frames = self.frames.load(Ordering::Relaxed);
@@ -457,10 +467,25 @@ fn has_audio(path: &std::path::Path) -> anyhow::Result<bool> {
     Ok(!info.audio_streams().is_empty())
 }
 
+/// An Error or EOS message as a reason; `None` for anything else.
+fn why_ended(msg: &gst::Message) -> Option<String> {
+    match msg.view() {
+        gst::MessageView::Error(e) => Some(format!(
+            "{}: {}",
+            e.src().map(|s| s.name().to_string()).unwrap_or_default(),
+            e.error()
+        )),
+        gst::MessageView::Eos(_) => Some("the input ended".into()),
+        _ => None,
+    }
+}
+
 /// Plays a file input in a loop: segment seeks, so running time (and the
 /// stream's timestamps) go on across the loop point. A thread of its own
-/// answers each segment's end; it ends with the pipeline.
-fn loop_file(pipeline: &gst::Pipeline) -> anyhow::Result<()> {
+/// reads the bus (a bus read discards what it does not ask for, so it is
+/// the only reader): it answers each segment's end and leaves an error or
+/// EOS in the returned slot for [`Stream::tick`]. It ends with the pipeline.
+fn loop_file(pipeline: &gst::Pipeline) -> anyhow::Result<Ended> {
     let flags = gst::SeekFlags::FLUSH | gst::SeekFlags::SEGMENT;
     let (ok, _, _) = pipeline.state(gst::ClockTime::from_seconds(10));
     ok.map_err(|_| anyhow::anyhow!("the file did not start: {}", first_error(pipeline)))?;
@@ -474,20 +499,29 @@ fn loop_file(pipeline: &gst::Pipeline) -> anyhow::Result<()> {
     )?;
     let bus = pipeline.bus().expect("a pipeline has a bus");
     let weak = pipeline.downgrade();
+    let slot: Ended = Arc::new(Mutex::new(None));
+    let report = slot.clone();
     std::thread::Builder::new()
         .name("file-loop".into())
         .spawn(move || {
-            while let Some(p) = weak.upgrade() {
-                if p.current_state() == gst::State::Null {
-                    break;
+            let kinds = [
+                gst::MessageType::SegmentDone,
+                gst::MessageType::Error,
+                gst::MessageType::Eos,
+            ];
+            loop {
+                match weak.upgrade() {
+                    Some(p) if p.current_state() != gst::State::Null => {}
+                    _ => break,
                 }
-                drop(p);
-                let Some(_) = bus.timed_pop_filtered(
-                    gst::ClockTime::from_mseconds(200),
-                    &[gst::MessageType::SegmentDone],
-                ) else {
+                let Some(msg) = bus.timed_pop_filtered(gst::ClockTime::from_mseconds(200), &kinds)
+                else {
                     continue;
                 };
+                if let Some(why) = why_ended(&msg) {
+                    *report.lock().expect("ended slot") = Some(why);
+                    break;
+                }
                 let Some(p) = weak.upgrade() else { break };
                 if let Err(e) = p.seek(
                     1.0,
@@ -497,11 +531,13 @@ fn loop_file(pipeline: &gst::Pipeline) -> anyhow::Result<()> {
                     gst::SeekType::None,
                     gst::ClockTime::NONE,
                 ) {
-                    tracing::warn!(error = %e, "looping the file failed");
+                    *report.lock().expect("ended slot") =
+                        Some(format!("looping the file failed: {e}"));
+                    break;
                 }
             }
         })?;
-    Ok(())
+    Ok(slot)
 }
 
 /// The pipeline description. Only validated numbers and paths from the

@@ -13,16 +13,10 @@ use strata_rist::{BondedReceiver, LinkState, Psk, ReceiverConfig};
 
 const PSK: &str = "codec-test-passphrase";
 
-fn codecs_of(path: &std::path::Path) -> Vec<String> {
+/// What ffprobe prints for `entries` (`-show_entries`), a line each.
+fn ffprobe(path: &std::path::Path, entries: &str) -> Vec<String> {
     let out = std::process::Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-show_entries",
-            "stream=codec_name",
-            "-of",
-            "csv=p=0",
-        ])
+        .args(["-v", "error", "-show_entries", entries, "-of", "csv=p=0"])
         .arg(path)
         .output()
         .expect("ffprobe");
@@ -31,6 +25,10 @@ fn codecs_of(path: &std::path::Path) -> Vec<String> {
         .map(|l| l.trim().to_string())
         .filter(|l| !l.is_empty())
         .collect()
+}
+
+fn codecs_of(path: &std::path::Path) -> Vec<String> {
+    ffprobe(path, "stream=codec_name")
 }
 
 async fn stream_and_probe(codec: Codec) -> Vec<String> {
@@ -192,21 +190,9 @@ fn media_file(dir: &std::path::Path, name: &str, secs: u32, audio: bool) {
 
 /// Duration (s) of what ffprobe reads in a TS file.
 fn duration_of(path: &std::path::Path) -> f64 {
-    let out = std::process::Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-show_entries",
-            "format=duration",
-            "-of",
-            "csv=p=0",
-        ])
-        .arg(path)
-        .output()
-        .expect("ffprobe");
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
+    ffprobe(path, "format=duration")
+        .first()
+        .and_then(|d| d.parse().ok())
         .unwrap_or(0.0)
 }
 

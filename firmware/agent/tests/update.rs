@@ -4,7 +4,8 @@
 //! `strata-release`: a good release is installed and reports its version;
 //! a bad signature, a truncated release and a release that never reaches
 //! the relay all leave the installed version running, each with its reason
-//! on the sender.
+//! on the sender; an older release is refused; and the next good one,
+//! without a reboot in between, installs.
 
 mod support;
 
@@ -233,7 +234,14 @@ async fn signed_releases_install_and_bad_ones_roll_back() {
     std::fs::write(&hang, "#!/bin/sh\nexec sleep 600\n").unwrap();
     add_release(&relay, &key, "9.0.4", &hang);
     update(&owner, &id, "9.0.4").await;
-    let s = update_reads(&owner, &id, "did not reach the relay", 90).await;
+    let s = update_reads(&owner, &id, "Update to 9.0.4 failed", 90).await;
+    assert!(
+        s["agent_update"]
+            .as_str()
+            .unwrap()
+            .contains("did not reach the relay within 8 s"),
+        "{s}"
+    );
     assert_eq!(s["agent_version"], "9.0.1", "{}", log());
     assert!(
         !tmp.path().join("data/update/trial").exists(),
@@ -245,4 +253,28 @@ async fn signed_releases_install_and_bad_ones_roll_back() {
         .filter(|l| l.contains("given up"))
         .collect();
     assert_eq!(lines.len(), 1, "one trial given up: {lines:?}");
+
+    // No downgrades: an older signed release is refused at once.
+    add_release(&relay, &key, "9.0.0", &agent_bin);
+    let (status, body) = owner
+        .api(
+            "POST",
+            &format!("/senders/{id}/update"),
+            Some(json!({"version": "9.0.0", "target": strata_release::TARGET})),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body.to_string().contains("not newer"), "{body}");
+
+    // And after all that, the next good release still installs.
+    add_release(&relay, &key, "9.1.0", &agent_bin);
+    update(&owner, &id, "9.1.0").await;
+    let s = update_reads(&owner, &id, "Updated to 9.1.0", 60).await;
+    assert_eq!(s["agent_version"], "9.1.0", "{}", log());
+    let previous = tmp.path().join("data/update/previous/release.json");
+    assert!(
+        std::fs::read_to_string(&previous)
+            .unwrap()
+            .contains("9.0.1")
+    );
 }

@@ -33,9 +33,11 @@ pub enum ReleaseError {
 /// The target triple this crate was built for, as releases name it.
 pub const TARGET: &str = env!("STRATA_TARGET");
 
-/// Whether a version string is acceptable: 1–64 of `[0-9A-Za-z.+-]`.
+/// Whether a version string is acceptable: 1–64 of `[0-9A-Za-z.+-]`,
+/// starting with a letter or digit (so never `.`, `..` or a hidden name).
 pub fn valid_version(v: &str) -> bool {
     (1..=64).contains(&v.len())
+        && v.as_bytes()[0].is_ascii_alphanumeric()
         && v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
 }
@@ -168,17 +170,11 @@ impl Sha256 {
 
 /// Lowercase hex.
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(bytes)
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
+    hex::decode(s).ok()
 }
 
 #[cfg(test)]
@@ -228,10 +224,15 @@ mod tests {
             verify("abc", "0.2.0", "t", &digest, &sig),
             Err(ReleaseError::BadKey)
         );
-        assert!(matches!(
-            verify(&pk, "0.2.0; rm -rf /", "t", &digest, &sig),
-            Err(ReleaseError::BadVersion(_))
-        ));
+        for bad in ["0.2.0; rm -rf /", ".", "..", ".hidden", ""] {
+            assert!(
+                matches!(
+                    verify(&pk, bad, "t", &digest, &sig),
+                    Err(ReleaseError::BadVersion(_))
+                ),
+                "{bad:?}"
+            );
+        }
         // The stored key signs the same.
         let again = SigningKey::from_pkcs8(&pkcs8).unwrap();
         assert_eq!(again.public_hex(), pk);

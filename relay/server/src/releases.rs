@@ -71,7 +71,8 @@ pub fn add(
     let f = std::fs::File::open(binary).with_context(|| format!("opening {}", binary.display()))?;
     let (sha256, size) = strata_release::sha256_hex(f)?;
     anyhow::ensure!(size > 0, "{} is empty", binary.display());
-    let tmp = d.with_extension("adding");
+    // Not a valid version (leading dot), so never a release's own directory.
+    let tmp = d.with_file_name(format!(".adding-{version}"));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)?;
     std::fs::copy(binary, tmp.join("strata-agent"))?;

@@ -17,7 +17,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{ENV_LAUNCHED, ENV_LAUNCHER, ENV_RELEASE, ENV_TRIAL, Staged, check, dir, trusted_key};
+use super::{
+    ENV_LAUNCHED, ENV_LAUNCHER, ENV_RELEASE, ENV_SUPERVISED, ENV_TRIAL, RESTART_CODE, Staged,
+    check, dir, trusted_key,
+};
 use crate::config::AgentConfig;
 
 /// Marks a trial as started once (in the update directory).
@@ -35,6 +38,8 @@ pub enum Launch {
 enum Supervised {
     Exited(u8),
     GaveUp(String),
+    /// The committed child staged another release and handed back.
+    Restart,
 }
 
 /// Chooses and starts the binary to run (see the module docs).
@@ -47,6 +52,12 @@ pub fn launch(cfg: &AgentConfig) -> Launch {
     };
     let dir = dir(&cfg.data_dir);
     let trial = dir.join("trial");
+    let installed = dir.join("installed");
+    let previous = dir.join("previous");
+    // A power cut between commit's two renames: the previous release is the good one.
+    if !installed.exists() && previous.exists() && std::fs::rename(&previous, &installed).is_ok() {
+        tracing::warn!("restored the previous release (interrupted commit)");
+    }
     while trial.exists() {
         let version = version_of(&trial);
         if dir.join(ATTEMPTED).exists() {
@@ -71,9 +82,9 @@ pub fn launch(cfg: &AgentConfig) -> Launch {
         match supervise(cfg, &dir, &staged) {
             Supervised::Exited(code) => return Launch::Exit(code),
             Supervised::GaveUp(why) => give_up(&dir, &staged.version, &why),
+            Supervised::Restart => {}
         }
     }
-    let installed = dir.join("installed");
     if installed.exists() {
         match check(&key, &installed) {
             Ok(staged) => {
@@ -90,7 +101,8 @@ pub fn launch(cfg: &AgentConfig) -> Launch {
     Launch::RunHere
 }
 
-fn version_of(release_dir: &Path) -> String {
+/// The version a release directory names ("unknown" if unreadable).
+pub(super) fn version_of(release_dir: &Path) -> String {
     std::fs::read_to_string(release_dir.join("release.json"))
         .ok()
         .and_then(|t| serde_json::from_str::<Staged>(&t).ok())
@@ -132,7 +144,7 @@ fn committed(dir: &Path, version: &str) -> bool {
 fn supervise(cfg: &AgentConfig, dir: &Path, staged: &Staged) -> Supervised {
     let trial = dir.join("trial");
     let mut cmd = agent_command(&trial, &staged.version);
-    cmd.env(ENV_TRIAL, "1");
+    cmd.env(ENV_TRIAL, "1").env(ENV_SUPERVISED, "1");
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => return Supervised::GaveUp(format!("it could not be started: {e}")),
@@ -143,6 +155,9 @@ fn supervise(cfg: &AgentConfig, dir: &Path, staged: &Staged) -> Supervised {
         let _ = signal_hook::flag::register(sig, stop.clone());
     }
     let deadline = Instant::now() + Duration::from_secs(cfg.update.trial_s);
+    // Once the trial committed, the deadline no longer applies: a later
+    // staged release is not this child's to prove.
+    let mut proven = false;
     loop {
         std::thread::sleep(Duration::from_millis(100));
         if stop.load(Ordering::SeqCst) {
@@ -150,9 +165,12 @@ fn supervise(cfg: &AgentConfig, dir: &Path, staged: &Staged) -> Supervised {
             // uncommitted trial is given up at the next start.
             return Supervised::Exited(end(&mut child, Duration::from_secs(20)));
         }
-        let done = committed(dir, &staged.version);
+        proven = proven || committed(dir, &staged.version);
         match child.try_wait() {
-            Ok(Some(status)) if done => return Supervised::Exited(code(status)),
+            Ok(Some(status)) if proven && status.code() == Some(RESTART_CODE) => {
+                return Supervised::Restart;
+            }
+            Ok(Some(status)) if proven => return Supervised::Exited(code(status)),
             Ok(Some(status)) => {
                 return Supervised::GaveUp(format!(
                     "it exited ({status}) before it reached the relay"
@@ -161,7 +179,7 @@ fn supervise(cfg: &AgentConfig, dir: &Path, staged: &Staged) -> Supervised {
             Ok(None) => {}
             Err(e) => return Supervised::GaveUp(format!("cannot watch it: {e}")),
         }
-        if !done && Instant::now() >= deadline {
+        if !proven && Instant::now() >= deadline {
             end(&mut child, Duration::from_secs(10));
             return Supervised::GaveUp(format!(
                 "it did not reach the relay within {} s",

@@ -43,6 +43,14 @@ const ENV_RELEASE: &str = "STRATA_AGENT_RELEASE";
 const ENV_TRIAL: &str = "STRATA_AGENT_TRIAL";
 /// The factory binary, which every restart goes back through.
 const ENV_LAUNCHER: &str = "STRATA_AGENT_LAUNCHER";
+/// Set for a child the launcher supervises: it restarts by exiting with
+/// [`RESTART_CODE`], and the launcher decides again.
+const ENV_SUPERVISED: &str = "STRATA_AGENT_SUPERVISED";
+/// Exit code that asks the supervising launcher to start what is staged.
+pub const RESTART_CODE: i32 = 75;
+
+/// Set once this process committed its trial (later reconnects do nothing).
+static COMMITTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// What `release.json` holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,6 +93,17 @@ pub fn trusted_key(cfg: &AgentConfig) -> Result<String, String> {
             .map_err(|e| format!("release key {}: {e}", p.display())),
         None => Err("this agent was built without a release key; it cannot be updated".into()),
     }
+}
+
+/// Whether `candidate` is a later version than `running` (numeric parts
+/// compared as numbers: 0.10.0 is after 0.9.1).
+pub fn is_newer(candidate: &str, running: &str) -> bool {
+    let key = |v: &str| -> Vec<(u64, String)> {
+        v.split(['.', '-', '+'])
+            .map(|p| (p.parse().unwrap_or(0), p.to_string()))
+            .collect()
+    };
+    key(candidate) > key(running)
 }
 
 /// `<data_dir>/update`.
@@ -261,17 +280,23 @@ fn sync_dir(dir: &Path) {
 /// release (the old one is kept as `previous/`). Returns the version
 /// committed, if this was a trial.
 pub fn commit(data_dir: &Path) -> Result<Option<String>, String> {
-    if std::env::var_os(ENV_TRIAL).is_none() {
+    use std::sync::atomic::Ordering;
+    if std::env::var_os(ENV_TRIAL).is_none() || COMMITTED.load(Ordering::SeqCst) {
         return Ok(None);
     }
-    commit_trial(data_dir, &running_version())
+    let r = commit_trial(data_dir, &running_version());
+    if r.is_ok() {
+        COMMITTED.store(true, Ordering::SeqCst);
+    }
+    r
 }
 
 fn commit_trial(data_dir: &Path, version: &str) -> Result<Option<String>, String> {
     let version = version.to_string();
     let dir = dir(data_dir);
     let trial = dir.join("trial");
-    if !trial.exists() {
+    // Only the trial this process is: a newer one staged meanwhile waits its turn.
+    if launcher::version_of(&trial) != version {
         return Ok(None);
     }
     let installed = dir.join("installed");
@@ -299,10 +324,15 @@ pub fn take_failure(data_dir: &Path) -> Option<(String, String)> {
     ))
 }
 
-/// Restarts through the launcher, which then runs the staged trial. Only
-/// returns if the exec failed.
+/// Restarts through the launcher, which then runs the staged trial: a
+/// supervised process exits with [`RESTART_CODE`] to its launcher, any
+/// other execs the factory binary. Only returns if the exec failed.
 pub fn restart() -> std::io::Error {
     use std::os::unix::process::CommandExt;
+    if std::env::var_os(ENV_SUPERVISED).is_some() {
+        tracing::info!("handing over to the launcher for the new release");
+        std::process::exit(RESTART_CODE);
+    }
     let launcher = std::env::var_os(ENV_LAUNCHER)
         .map(PathBuf::from)
         .or_else(|| std::env::current_exe().ok())
@@ -313,6 +343,7 @@ pub fn restart() -> std::io::Error {
         .env_remove(ENV_LAUNCHED)
         .env_remove(ENV_RELEASE)
         .env_remove(ENV_TRIAL)
+        .env_remove(ENV_SUPERVISED)
         .exec()
 }
 

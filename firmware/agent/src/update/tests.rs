@@ -178,3 +178,11 @@ async fn commit_keeps_the_previous_release() {
         "nothing to commit"
     );
 }
+
+#[test]
+fn versions_compare_as_numbers() {
+    assert!(is_newer("0.10.0", "0.9.1"));
+    assert!(is_newer("1.0.1", "1.0.0"));
+    assert!(!is_newer("1.0.0", "1.0.0"));
+    assert!(!is_newer("0.9.9", "0.10.0"));
+}

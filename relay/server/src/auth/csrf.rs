@@ -50,21 +50,14 @@ impl Csrf {
 
     /// Checks a presented token in constant time.
     pub fn verify(&self, kind: &str, cookie: &str, presented: &str) -> bool {
-        let Some(bytes) = hex_decode(presented) else {
+        let Some(bytes) = Some(presented)
+            .filter(|p| p.len() == 64)
+            .and_then(crate::hex_decode)
+        else {
             return false;
         };
         self.mac(kind, cookie).verify_slice(&bytes).is_ok()
     }
-}
-
-fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    if s.len() != 64 {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 /// Middleware that refuses state-changing requests without a valid token.
