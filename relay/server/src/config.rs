@@ -45,6 +45,10 @@ pub struct Config {
     pub broker: BrokerMode,
     /// `host:port` of the external broker's mutual-TLS listener (with `broker = "external"`).
     pub external_broker: String,
+    /// Where the relay keeps the CRL of revoked devices for the external
+    /// broker's `crlfile`; empty means `<data_dir>/broker/devices.crl`. It
+    /// must be readable by mosquitto's user (the data directory is 0700).
+    pub external_broker_crl: Option<PathBuf>,
     /// Lifetime of device certificates, days (renewed over MQTT before expiry).
     pub device_cert_days: u32,
     /// Address receiver workers bind their RIST ports on.
@@ -94,6 +98,7 @@ impl Default for Config {
             broker_listen: "127.0.0.1:8883".parse().expect("valid default"),
             broker: BrokerMode::Embedded,
             external_broker: String::new(),
+            external_broker_crl: None,
             device_cert_days: 30,
             rist_bind: "127.0.0.1".parse().expect("valid default"),
             rist_host: String::new(),

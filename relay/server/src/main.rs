@@ -144,7 +144,7 @@ async fn mosquitto_config(
         .or_else(mosquitto::find_dynsec_plugin)
         .context("mosquitto_dynamic_security.so not found; pass --plugin")?;
     let (state, _) = web::state(config).await?;
-    let crl = mosquitto::crl_path(&state.data_dir);
+    let crl = mosquitto::crl_path(&state.config);
     mosquitto::write_crl(&state.ca, &state.db, &crl).await?;
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let out = out.canonicalize()?;

@@ -137,6 +137,7 @@ async fn subscribed(s: &mut device::Session, filter: String) -> bool {
 #[tokio::test]
 async fn devices_through_mosquitto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     for db in test_databases().await {
         let port = free_port();
         let app = TestApp::with(&db, |c| {

@@ -15,7 +15,7 @@
 //!
 //! [`files`] writes the configuration mosquitto needs (`strata-relay mosquitto-config`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -42,8 +42,8 @@ const DYNSEC_RESPONSE: &str = "$CONTROL/dynamic-security/v1/response";
 /// Bytes of commands per message when the whole device list is
 /// synchronised (well under the listener's `max_packet_size`).
 const SYNC_BATCH_BYTES: usize = 32 * 1024;
-/// Marks the answer to the relay's `listClients`.
-const LIST_CORRELATION: &str = "strata-relay-sync";
+/// How long the relay waits for the plugin to answer a command.
+const ANSWER_WITHIN: Duration = Duration::from_secs(10);
 /// Clients per `listClients` page (about 35 KB of answer).
 const LIST_PAGE: usize = 1000;
 /// Lifetime of the relay's own client certificate (a new one at every start).
@@ -110,16 +110,17 @@ fn harmless(error: &str) -> bool {
     e.contains("already exists") || e.contains("not found")
 }
 
-/// One `listClients` answer: the plugin's total, and this page's usernames.
-type ClientPage = (usize, Vec<String>);
-
 /// The relay's administrative connection to the external broker.
 pub struct Mosquitto {
     client: AsyncClient,
     db: Db,
     crl_path: PathBuf,
     failed: AtomicU64,
-    listing: Mutex<Option<oneshot::Sender<ClientPage>>>,
+    /// Commands waiting for their answer, by correlation id.
+    waiting: Mutex<HashMap<String, oneshot::Sender<Value>>>,
+    /// Connected and subscribed to the plugin's answers.
+    ready: tokio::sync::watch::Sender<bool>,
+    next_id: AtomicU64,
 }
 
 /// What connecting to the external broker needs.
@@ -137,9 +138,13 @@ pub struct MosquittoSetup<'a> {
     pub crl_path: PathBuf,
 }
 
-/// The CRL file in a data directory.
-pub fn crl_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("broker").join("devices.crl")
+/// Where the CRL of revoked devices goes: `external_broker_crl`, else
+/// `<data_dir>/broker/devices.crl`.
+pub fn crl_path(config: &crate::config::Config) -> PathBuf {
+    config
+        .external_broker_crl
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("broker").join("devices.crl"))
 }
 
 impl Mosquitto {
@@ -167,7 +172,9 @@ impl Mosquitto {
             db: setup.db,
             crl_path: setup.crl_path,
             failed: AtomicU64::new(0),
-            listing: Mutex::new(None),
+            waiting: Mutex::new(HashMap::new()),
+            ready: tokio::sync::watch::Sender::new(false),
+            next_id: AtomicU64::new(0),
         });
         tokio::spawn(run(m.clone(), eventloop, inbound));
         tracing::info!(host = %setup.host, port = setup.port, "using the external MQTT broker");
@@ -184,17 +191,44 @@ impl Mosquitto {
         self.failed.load(Ordering::Relaxed)
     }
 
-    /// Lets a newly enrolled device use its topics.
+    /// Lets a newly enrolled device use its topics; returns once the
+    /// plugin answered, so the device's first subscription finds its role.
     pub async fn admit(&self, device_id: &str) {
-        self.send(admit_commands(device_id).to_vec()).await;
+        if let Err(e) = self.call(admit_commands(device_id).to_vec()).await {
+            tracing::error!(device = device_id, error = %e, "admitting the device on the external broker failed; the next sync retries");
+        }
     }
 
     /// Cuts a device off, takes its rights away and rewrites the CRL.
     pub async fn revoke(&self, ca: &DeviceCa, device_id: &str) {
-        self.send(revoke_commands(device_id).to_vec()).await;
+        if let Err(e) = self.call(revoke_commands(device_id).to_vec()).await {
+            tracing::error!(device = device_id, error = %e, "revoking the device on the external broker failed; the next sync retries");
+        }
         if let Err(e) = write_crl(ca, &self.db, &self.crl_path).await {
             tracing::error!(error = %e, "writing the CRL for the external broker failed");
         }
+    }
+
+    /// Sends commands and waits for the plugin's answer to the last one.
+    async fn call(&self, mut commands: Vec<Value>) -> anyhow::Result<Value> {
+        // An answer published before our subscription would be lost.
+        let mut ready = self.ready.subscribe();
+        tokio::time::timeout(ANSWER_WITHIN, ready.wait_for(|r| *r))
+            .await
+            .context("not connected to the external broker")?
+            .context("the broker connection is gone")?;
+        let id = format!("strata-{}", self.next_id.fetch_add(1, Ordering::Relaxed));
+        let (tx, rx) = oneshot::channel();
+        self.waiting.lock().expect("waiting").insert(id.clone(), tx);
+        if let Some(last) = commands.last_mut() {
+            last["correlationData"] = json!(id);
+        }
+        self.send(commands).await;
+        let answer = tokio::time::timeout(ANSWER_WITHIN, rx).await;
+        self.waiting.lock().expect("waiting").remove(&id);
+        answer
+            .context("the dynamic-security plugin did not answer within 10 s")?
+            .context("connection lost before the plugin answered")
     }
 
     async fn send(&self, commands: Vec<Value>) {
@@ -245,20 +279,24 @@ impl Mosquitto {
     async fn list_clients(&self) -> anyhow::Result<HashSet<String>> {
         let mut all = HashSet::new();
         loop {
-            let (tx, rx) = oneshot::channel();
-            *self.listing.lock().expect("listing") = Some(tx);
-            self.send(vec![json!({
-                "command": "listClients",
-                "verbose": false,
-                "count": LIST_PAGE,
-                "offset": all.len(),
-                "correlationData": LIST_CORRELATION,
-            })])
-            .await;
-            let (total, page) = tokio::time::timeout(Duration::from_secs(30), rx)
-                .await
-                .context("the dynamic-security plugin did not list its clients within 30 s")?
-                .context("connection lost while listing clients")?;
+            let r = self
+                .call(vec![json!({
+                    "command": "listClients",
+                    "verbose": false,
+                    "count": LIST_PAGE,
+                    "offset": all.len(),
+                })])
+                .await?;
+            if let Some(e) = r["error"].as_str() {
+                anyhow::bail!("listClients: {e}");
+            }
+            let page: Vec<String> = r["data"]["clients"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c.as_str().map(String::from))
+                .collect();
+            let total = r["data"]["totalCount"].as_u64().unwrap_or(0) as usize;
             let got = page.len();
             all.extend(page);
             if got == 0 || all.len() >= total {
@@ -276,17 +314,12 @@ impl Mosquitto {
             if let Some(error) = r["error"].as_str().filter(|e| !harmless(e)) {
                 self.failed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(command = %r["command"], error, "dynamic-security command failed");
-            } else if r["correlationData"] == LIST_CORRELATION
-                && let Some(waiter) = self.listing.lock().expect("listing").take()
+            }
+            if let Some(waiter) = r["correlationData"]
+                .as_str()
+                .and_then(|id| self.waiting.lock().expect("waiting").remove(id))
             {
-                let clients = r["data"]["clients"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|c| c.as_str().map(String::from))
-                    .collect();
-                let total = r["data"]["totalCount"].as_u64().unwrap_or(0) as usize;
-                let _ = waiter.send((total, clients));
+                let _ = waiter.send(r.clone());
             }
         }
     }
@@ -300,6 +333,11 @@ pub async fn write_crl(ca: &DeviceCa, db: &Db, path: &Path) -> anyhow::Result<()
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let tmp = path.with_extension("crl.tmp");
     std::fs::write(&tmp, pem).with_context(|| format!("writing {}", tmp.display()))?;
+    // Public data, for mosquitto's own user to read.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))?;
+    }
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
@@ -330,16 +368,20 @@ async fn run(m: Arc<Mosquitto>, mut eventloop: EventLoop, inbound: mpsc::Sender<
                 tracing::info!("connected to the external MQTT broker");
                 let m = m.clone();
                 tokio::spawn(async move {
-                    let mut filters: Vec<String> = Kind::ALL
+                    let mut filters: Vec<rumqttc::SubscribeFilter> = Kind::ALL
                         .into_iter()
                         .filter(|k| k.from_device())
-                        .map(topic::all_devices)
+                        .map(|k| {
+                            rumqttc::SubscribeFilter::new(topic::all_devices(k), QoS::AtLeastOnce)
+                        })
                         .collect();
-                    filters.push(DYNSEC_RESPONSE.into());
-                    for f in filters {
-                        if let Err(e) = m.client.subscribe(f, QoS::AtLeastOnce).await {
-                            tracing::error!(error = %e, "subscribing on the external broker failed");
-                        }
+                    filters.push(rumqttc::SubscribeFilter::new(
+                        DYNSEC_RESPONSE.into(),
+                        QoS::AtLeastOnce,
+                    ));
+                    // One SUBSCRIBE, so its SUBACK says the plugin's answers will reach us.
+                    if let Err(e) = m.client.subscribe_many(filters).await {
+                        tracing::error!(error = %e, "subscribing on the external broker failed");
                     }
                     if let Err(e) = m.sync().await {
                         tracing::error!(error = %e, "synchronising the external broker failed");
@@ -360,17 +402,21 @@ async fn run(m: Arc<Mosquitto>, mut eventloop: EventLoop, inbound: mpsc::Sender<
                     return;
                 }
             }
-            Ok(Event::Incoming(Packet::SubAck(a)))
+            Ok(Event::Incoming(Packet::SubAck(a))) => {
                 if a.return_codes
                     .iter()
-                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) =>
-            {
-                tracing::error!(
-                    "the external broker refused a subscription: is {CONTROL_CLIENT_ID} given the strata-relay role?"
-                );
+                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                {
+                    tracing::error!(
+                        "the external broker refused a subscription: is {CONTROL_CLIENT_ID} given the strata-relay role?"
+                    );
+                } else {
+                    let _ = m.ready.send(true);
+                }
             }
             Ok(_) => {}
             Err(e) => {
+                let _ = m.ready.send(false);
                 tracing::warn!(error = %e, "external MQTT broker connection failed; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }

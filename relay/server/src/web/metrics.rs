@@ -44,6 +44,7 @@ pub struct Metrics {
     senders: Gauge,
     senders_online: Gauge,
     mqtt_refused: Gauge,
+    mqtt_admin_failed: Gauge,
 }
 
 impl Default for Metrics {
@@ -57,6 +58,12 @@ impl Default for Metrics {
         let senders = Gauge::default();
         let senders_online = Gauge::default();
         let mqtt_refused = Gauge::default();
+        let mqtt_admin_failed = Gauge::default();
+        registry.register(
+            "mqtt_admin_commands_failed",
+            "Commands to the external broker's dynamic-security plugin that failed",
+            mqtt_admin_failed.clone(),
+        );
         registry.register(
             "mqtt_packets_refused",
             "MQTT packets that ended a device session: malformed, oversized or outside its topics",
@@ -99,6 +106,7 @@ impl Default for Metrics {
             senders,
             senders_online,
             mqtt_refused,
+            mqtt_admin_failed,
         }
     }
 }
@@ -145,8 +153,17 @@ pub async fn scrape(State(state): State<AppState>) -> Result<impl IntoResponse, 
             .await?;
     state.metrics.senders.set(total);
     state.metrics.senders_online.set(online);
-    if let Some(crate::broker::DeviceBroker::Embedded(b)) = state.devices.broker() {
-        state.metrics.mqtt_refused.set(b.refused_packets() as i64);
+    match state.devices.broker() {
+        Some(crate::broker::DeviceBroker::Embedded(b)) => {
+            state.metrics.mqtt_refused.set(b.refused_packets() as i64);
+        }
+        Some(crate::broker::DeviceBroker::External(m)) => {
+            state
+                .metrics
+                .mqtt_admin_failed
+                .set(m.failed_commands() as i64);
+        }
+        None => {}
     }
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &state.metrics.registry)

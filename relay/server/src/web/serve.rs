@@ -76,7 +76,7 @@ pub async fn device_plane(state: &AppState) -> anyhow::Result<()> {
                     port,
                     ca: &state.ca,
                     db: state.db.clone(),
-                    crl_path: mosquitto::crl_path(&state.data_dir),
+                    crl_path: mosquitto::crl_path(&state.config),
                 },
                 tx,
             )
