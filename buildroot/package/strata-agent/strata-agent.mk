@@ -31,6 +31,12 @@ STRATA_AGENT_CARGO_ENV = \
 	LIBCLANG_PATH=$(HOST_DIR)/lib \
 	STRATA_SYSROOT=$(STAGING_DIR)
 
+# The release key the agent trusts for self-update (baked in at build time).
+ifneq ($(call qstrip,$(BR2_PACKAGE_STRATA_AGENT_RELEASE_PUBKEY)),)
+STRATA_AGENT_CARGO_ENV += \
+	STRATA_RELEASE_PUBKEY=$(call qstrip,$(BR2_PACKAGE_STRATA_AGENT_RELEASE_PUBKEY))
+endif
+
 STRATA_AGENT_PROFILE = $(if $(BR2_ENABLE_DEBUG),debug,release)
 
 # The local site method downloads nothing, so Buildroot's cargo vendoring

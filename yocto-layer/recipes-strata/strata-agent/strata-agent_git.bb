@@ -44,6 +44,11 @@ CARGO_LOCK_PATH = "${S}/Cargo.lock"
 
 export LIBCLANG_PATH = "${STAGING_LIBDIR_NATIVE}"
 export STRATA_SYSROOT = "${STAGING_DIR_TARGET}"
+# The public half of the ed25519 release key (strata-release keygen), baked
+# into the agent for self-update; set STRATA_RELEASE_KEY in local.conf or a
+# bbappend. Empty: the agent cannot self-update.
+STRATA_RELEASE_KEY ??= ""
+export STRATA_RELEASE_PUBKEY = "${STRATA_RELEASE_KEY}"
 
 do_install:append() {
     SYSTEMD_UNITDIR="${systemd_system_unitdir}" \

@@ -84,8 +84,9 @@ pub fn running_version() -> String {
 
 /// The release key to trust: the baked-in one, else the configured file.
 pub fn trusted_key(cfg: &AgentConfig) -> Result<String, String> {
-    if let Some(k) = BAKED_KEY {
-        return Ok(k.trim().to_string());
+    // An image built without a key passes an empty one.
+    if let Some(k) = BAKED_KEY.map(str::trim).filter(|k| !k.is_empty()) {
+        return Ok(k.to_string());
     }
     match &cfg.update.public_key_file {
         Some(p) => std::fs::read_to_string(p)
