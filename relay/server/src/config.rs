@@ -228,6 +228,24 @@ mod tests {
     }
 
     #[test]
+    fn external_broker_needs_host_and_port() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("STRATA_RELAY_BROKER", "external");
+            for bad in ["", "broker.example", "broker.example:0", ":8883", "h:port"] {
+                jail.set_env("STRATA_RELAY_EXTERNAL_BROKER", bad);
+                assert!(Config::load(None).is_err(), "{bad:?}");
+            }
+            jail.set_env("STRATA_RELAY_EXTERNAL_BROKER", "[::1]:8884");
+            let cfg = Config::load(None).expect("loads");
+            assert_eq!(cfg.external_broker_addr().unwrap(), ("::1".into(), 8884));
+            assert_eq!(cfg.broker_host(), "::1", "devices are sent to the external broker");
+            jail.set_env("STRATA_RELAY_BROKER", "elsewhere");
+            assert!(Config::load(None).is_err(), "unknown broker mode");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn unknown_keys_and_missing_files_are_errors() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("bad.toml", "listne = \"127.0.0.1:9000\"\n")?;
