@@ -238,7 +238,11 @@ mod tests {
             jail.set_env("STRATA_RELAY_EXTERNAL_BROKER", "[::1]:8884");
             let cfg = Config::load(None).expect("loads");
             assert_eq!(cfg.external_broker_addr().unwrap(), ("::1".into(), 8884));
-            assert_eq!(cfg.broker_host(), "::1", "devices are sent to the external broker");
+            assert_eq!(
+                cfg.broker_host(),
+                "::1",
+                "devices are sent to the external broker"
+            );
             jail.set_env("STRATA_RELAY_BROKER", "elsewhere");
             assert!(Config::load(None).is_err(), "unknown broker mode");
             Ok(())
