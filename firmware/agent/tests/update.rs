@@ -54,50 +54,44 @@ delay_ms = 10
     path
 }
 
-/// Signs `binary` as `version` with `key` and adds it to the relay.
-fn add_release(relay: &Relay, key: &Path, version: &str, binary: &Path) {
-    let sig = Command::new(workspace_bin("strata-release"))
-        .args(["sign", "--version", version, "--binary"])
-        .arg(binary)
-        .arg("--key")
-        .arg(key)
-        .output()
-        .unwrap();
-    assert!(
-        sig.status.success(),
-        "{}",
-        String::from_utf8_lossy(&sig.stderr)
-    );
-    let signature = String::from_utf8(sig.stdout).unwrap();
-    let out = Command::new(workspace_bin("strata-relay"))
-        .args(["release", "add", "--version", version, "--target"])
-        .arg(strata_release::TARGET)
-        .arg("--binary")
-        .arg(binary)
-        .args(["--signature", signature.trim()])
-        .env("STRATA_RELAY_DATA_DIR", &relay.data)
-        .env_remove("STRATA_RELAY_CONFIG")
-        .output()
-        .unwrap();
+/// Runs a command to success; its standard output.
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
-        "{}",
+        "{cmd:?}: {}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Signs `binary` as `version` with `key` and adds it to the relay.
+fn add_release(relay: &Relay, key: &Path, version: &str, binary: &Path) {
+    let signature = run_ok(
+        Command::new(workspace_bin("strata-release"))
+            .args(["sign", "--version", version, "--binary"])
+            .arg(binary)
+            .arg("--key")
+            .arg(key),
+    );
+    run_ok(
+        Command::new(workspace_bin("strata-relay"))
+            .args(["release", "add", "--version", version, "--target"])
+            .arg(strata_release::TARGET)
+            .arg("--binary")
+            .arg(binary)
+            .args(["--signature", signature.trim()])
+            .env("STRATA_RELAY_DATA_DIR", &relay.data)
+            .env_remove("STRATA_RELAY_CONFIG"),
     );
 }
 
 fn keygen(path: &Path) {
-    let out = Command::new(workspace_bin("strata-release"))
-        .args(["keygen", "--out"])
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let public = run_ok(
+        Command::new(workspace_bin("strata-release"))
+            .args(["keygen", "--out"])
+            .arg(path),
     );
-    let public = String::from_utf8(out.stdout).unwrap();
     std::fs::write(path.with_extension("pub"), public.trim()).unwrap();
 }
 

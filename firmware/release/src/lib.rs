@@ -42,6 +42,17 @@ pub fn valid_version(v: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
 }
 
+/// Orders versions as releases are numbered: numeric parts compared as
+/// numbers (0.10.0 comes after 0.9.1), the rest as text.
+pub fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
+    let key = |v: &str| -> Vec<(u64, String)> {
+        v.split(['.', '-', '+'])
+            .map(|p| (p.parse().unwrap_or(0), p.to_string()))
+            .collect()
+    };
+    key(a).cmp(&key(b))
+}
+
 /// The bytes a release signature covers.
 pub fn statement(version: &str, target: &str, sha256_hex: &str) -> Vec<u8> {
     format!("strata-agent release v1\nversion {version}\ntarget {target}\nsha256 {sha256_hex}\n")

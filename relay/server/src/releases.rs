@@ -5,6 +5,8 @@
 //! check the signature against the key they were built with.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
@@ -91,6 +93,30 @@ pub fn add(
     Ok(release)
 }
 
+/// How long pages reuse the release list.
+const CATALOG_TTL: Duration = Duration::from_secs(5);
+
+/// The release list for pages, read from disk at most every few seconds:
+/// the sender page is a hot path, and releases are added by another
+/// process (`strata-relay release add`), so there is no change to hear of.
+#[derive(Default)]
+pub struct Catalog(Mutex<Option<(Instant, Arc<Vec<Release>>)>>);
+
+impl Catalog {
+    /// The releases in `data_dir`, at most [`CATALOG_TTL`] old.
+    pub fn list(&self, data_dir: &Path) -> Arc<Vec<Release>> {
+        let mut cached = self.0.lock().expect("release catalog");
+        match &*cached {
+            Some((at, list)) if at.elapsed() < CATALOG_TTL => list.clone(),
+            _ => {
+                let list = Arc::new(list(data_dir));
+                *cached = Some((Instant::now(), list.clone()));
+                list
+            }
+        }
+    }
+}
+
 /// Every release, newest version first within each target.
 pub fn list(data_dir: &Path) -> Vec<Release> {
     let mut out = Vec::new();
@@ -116,16 +142,9 @@ pub fn list(data_dir: &Path) -> Vec<Release> {
     out.sort_by(|a, b| {
         a.target
             .cmp(&b.target)
-            .then_with(|| version_key(&b.version).cmp(&version_key(&a.version)))
+            .then_with(|| strata_release::compare_versions(&b.version, &a.version))
     });
     out
-}
-
-/// Orders "0.10.0" after "0.9.1": numeric parts compared as numbers.
-fn version_key(v: &str) -> Vec<(u64, String)> {
-    v.split(['.', '-', '+'])
-        .map(|p| (p.parse().unwrap_or(0), p.to_string()))
-        .collect()
 }
 
 #[cfg(test)]

@@ -53,11 +53,7 @@ pub fn launch(cfg: &AgentConfig) -> Launch {
     let dir = dir(&cfg.data_dir);
     let trial = dir.join("trial");
     let installed = dir.join("installed");
-    let previous = dir.join("previous");
-    // A power cut between commit's two renames: the previous release is the good one.
-    if !installed.exists() && previous.exists() && std::fs::rename(&previous, &installed).is_ok() {
-        tracing::warn!("restored the previous release (interrupted commit)");
-    }
+    recover(&dir);
     while trial.exists() {
         let version = version_of(&trial);
         if dir.join(ATTEMPTED).exists() {
@@ -99,6 +95,16 @@ pub fn launch(cfg: &AgentConfig) -> Launch {
         }
     }
     Launch::RunHere
+}
+
+/// After a power cut between commit's two renames (installed → previous,
+/// trial → installed) there is no installed release: the previous one is
+/// the last that reached the relay.
+pub(super) fn recover(dir: &Path) {
+    let (installed, previous) = (dir.join("installed"), dir.join("previous"));
+    if !installed.exists() && previous.exists() && std::fs::rename(&previous, &installed).is_ok() {
+        tracing::warn!("restored the previous release (interrupted commit)");
+    }
 }
 
 /// The version a release directory names ("unknown" if unreadable).

@@ -96,15 +96,9 @@ pub fn trusted_key(cfg: &AgentConfig) -> Result<String, String> {
     }
 }
 
-/// Whether `candidate` is a later version than `running` (numeric parts
-/// compared as numbers: 0.10.0 is after 0.9.1).
+/// Whether `candidate` is a later version than `running`.
 pub fn is_newer(candidate: &str, running: &str) -> bool {
-    let key = |v: &str| -> Vec<(u64, String)> {
-        v.split(['.', '-', '+'])
-            .map(|p| (p.parse().unwrap_or(0), p.to_string()))
-            .collect()
-    };
-    key(candidate) > key(running)
+    strata_release::compare_versions(candidate, running).is_gt()
 }
 
 /// `<data_dir>/update`.

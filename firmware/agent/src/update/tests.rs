@@ -186,3 +186,24 @@ fn versions_compare_as_numbers() {
     assert!(!is_newer("1.0.0", "1.0.0"));
     assert!(!is_newer("0.9.9", "0.10.0"));
 }
+
+#[tokio::test]
+async fn an_interrupted_commit_brings_the_previous_release_back() {
+    let f = fixture();
+    for v in ["0.2.0", "0.3.0"] {
+        let url = serve_once(BINARY.to_vec(), BINARY.len()).await;
+        fetch(&http(), &f.cfg, &job(&f, url, v, BINARY), &|_| {})
+            .await
+            .unwrap();
+        commit_trial(&f.cfg.data_dir, v).unwrap();
+    }
+    let d = dir(&f.cfg.data_dir);
+    // Power lost after installed → previous, before trial → installed.
+    std::fs::rename(d.join("installed"), d.join("trial")).unwrap();
+    launcher::recover(&d);
+    let key = trusted_key(&f.cfg).unwrap();
+    assert_eq!(check(&key, &d.join("installed")).unwrap().version, "0.2.0");
+    // Nothing to do when installed is there.
+    launcher::recover(&d);
+    assert_eq!(check(&key, &d.join("installed")).unwrap().version, "0.2.0");
+}

@@ -91,6 +91,8 @@ pub struct Relay {
     pub enroll_limiter: governor::DefaultKeyedRateLimiter<std::net::IpAddr>,
     /// Claim attempts (user-code guesses) per user.
     pub claim_limiter: governor::DefaultKeyedRateLimiter<String>,
+    /// Agent releases, for the sender page.
+    pub releases: crate::releases::Catalog,
 }
 
 impl Relay {

@@ -330,15 +330,23 @@ pub(super) async fn detail_page(
             sender: SenderView::of(&sender, now_ms()),
             agent: state.devices.agents.get(id),
         },
-        releases: crate::releases::list(&state.data_dir)
-            .into_iter()
-            .map(|r| {
-                (
-                    format!("{}/{}", r.target, r.version),
-                    format!("{} ({})", r.version, r.target),
-                )
-            })
-            .collect(),
+        // Only operators see the update form.
+        releases: if caller
+            .require(crate::store::accounts::Role::Operator)
+            .is_ok()
+        {
+            state.releases.list(&state.data_dir).to_vec()
+        } else {
+            Vec::new()
+        }
+        .into_iter()
+        .map(|r| {
+            (
+                format!("{}/{}", r.target, r.version),
+                format!("{} ({})", r.version, r.target),
+            )
+        })
+        .collect(),
         chart: ChartFragment::load(state, &caller.org.id, id).await?,
         input_options,
         height_options: HEIGHTS.iter().map(|&h| (h, h == settings.height)).collect(),

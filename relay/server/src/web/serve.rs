@@ -50,6 +50,7 @@ pub async fn state(config: Config) -> anyhow::Result<(AppState, DataDir)> {
         )),
         enroll_limiter: governor::RateLimiter::keyed(governor::Quota::per_minute(nonzero(20))),
         claim_limiter: governor::RateLimiter::keyed(governor::Quota::per_minute(nonzero(10))),
+        releases: Default::default(),
         config,
     });
     Ok((state, dir))
