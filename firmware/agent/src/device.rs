@@ -116,11 +116,6 @@ impl Device {
         &self.cfg
     }
 
-    /// Queues an event for the relay.
-    pub fn report(&mut self, kind: EventKind) {
-        self.event(kind);
-    }
-
     /// The inventory as it is now (inputs and modems read again).
     pub async fn inventory(&mut self) -> Inventory {
         self.inputs = inventory::inputs(&self.cfg);
