@@ -553,7 +553,14 @@ fn describe(enc: &EncoderSettings, inputs: &Inputs, kbps: u32) -> anyhow::Result
     let mut sync = false;
     let mut leaky = "leaky=downstream";
     let source = if enc.input == TEST_PATTERN {
-        format!("videotestsrc is-live=true pattern=smpte ! {raw} ! timeoverlay")
+        // The running clock is a help, not a need: images without the pango
+        // plugin (fonts are heavy on a small root) send the bare pattern.
+        let clock = if gst::ElementFactory::find("timeoverlay").is_some() {
+            " ! timeoverlay"
+        } else {
+            ""
+        };
+        format!("videotestsrc is-live=true pattern=smpte ! {raw}{clock}")
     } else if let Some(path) = inputs.file(&enc.input) {
         file_audio = Some(has_audio(path)?);
         sync = true;

@@ -52,7 +52,7 @@ async fn main() -> anyhow::Result<()> {
 
 async fn seed(data: &str, url: &str, n: usize, file: &str) -> anyhow::Result<()> {
     let data = std::path::Path::new(data);
-    strata_relay::datadir::DataDir::open_or_create(data)?;
+    strata_relay::datadir::DataDir::open_or_create(data, "localhost")?;
     let ca = strata_relay::ca::DeviceCa::open_or_create(&data.join("ca"))?;
     let db = strata_relay::db::connect(url).await?;
     let org = accounts::create_org(&db, "Swarm").await?;

@@ -165,6 +165,11 @@ impl Config {
         {
             return host;
         }
+        self.public_host()
+    }
+
+    /// The host of the public URL (devices enroll there).
+    pub fn public_host(&self) -> String {
         url::Url::parse(&self.public_url())
             .ok()
             .and_then(|u| u.host_str().map(|h| h.trim_matches(['[', ']']).to_string()))

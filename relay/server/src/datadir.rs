@@ -6,7 +6,8 @@
 //!   strata.db            SQLite database (when no database URL is configured)
 //!   session.key          32 random bytes: keys the CSRF tokens
 //!   secrets.key          32 random bytes: encrypts stream keys at rest
-//!   tls/cert.pem         self-signed certificate (localhost, 127.0.0.1, ::1)
+//!   tls/cert.pem         self-signed certificate (localhost, 127.0.0.1, ::1 and
+//!                        the public URL's host, which devices enroll at)
 //!   tls/key.pem          its private key
 //! ```
 
@@ -32,8 +33,9 @@ pub struct DataDir {
 }
 
 impl DataDir {
-    /// Opens the directory, creating it and any missing key or certificate.
-    pub fn open_or_create(path: &Path) -> anyhow::Result<DataDir> {
+    /// Opens the directory, creating it and any missing key or certificate;
+    /// a new self-signed certificate also names `host` (the public URL's).
+    pub fn open_or_create(path: &Path, host: &str) -> anyhow::Result<DataDir> {
         if !path.exists() {
             fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
             fs::set_permissions(path, fs::Permissions::from_mode(0o700))?;
@@ -47,11 +49,14 @@ impl DataDir {
         if !tls_cert.exists() || !tls_key.exists() {
             fs::create_dir_all(&tls_dir)?;
             fs::set_permissions(&tls_dir, fs::Permissions::from_mode(0o700))?;
-            let names = vec![
+            let mut names = vec![
                 "localhost".to_string(),
                 "127.0.0.1".to_string(),
                 "::1".to_string(),
             ];
+            if !names.iter().any(|n| n == host) {
+                names.push(host.to_string());
+            }
             let cert =
                 rcgen::generate_simple_self_signed(names).context("generating TLS certificate")?;
             write_private(&tls_key, cert.signing_key.serialize_pem().as_bytes())?;
@@ -110,8 +115,8 @@ mod tests {
     fn creates_once_and_reuses() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("data");
-        let a = DataDir::open_or_create(&dir).unwrap();
-        let b = DataDir::open_or_create(&dir).unwrap();
+        let a = DataDir::open_or_create(&dir, "localhost").unwrap();
+        let b = DataDir::open_or_create(&dir, "localhost").unwrap();
         assert_eq!(a.session_key, b.session_key);
         assert_eq!(a.secrets_key, b.secrets_key);
         assert_ne!(a.session_key, a.secrets_key);
@@ -136,13 +141,13 @@ mod tests {
     #[test]
     fn refuses_a_readable_key() {
         let tmp = tempfile::tempdir().unwrap();
-        DataDir::open_or_create(tmp.path()).unwrap();
+        DataDir::open_or_create(tmp.path(), "localhost").unwrap();
         fs::set_permissions(
             tmp.path().join("secrets.key"),
             fs::Permissions::from_mode(0o644),
         )
         .unwrap();
-        let err = DataDir::open_or_create(tmp.path())
+        let err = DataDir::open_or_create(tmp.path(), "localhost")
             .err()
             .expect("refused")
             .to_string();

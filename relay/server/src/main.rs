@@ -103,7 +103,7 @@ async fn user_add(config: Config, email: &str, org: Option<String>) -> anyhow::R
     let email = normalize_email(email).context("that is not an email address")?;
     let password = read_password()?;
     check_password_strength(&password).map_err(|e| anyhow::anyhow!(e))?;
-    DataDir::open_or_create(&config.data_dir)?;
+    DataDir::open_or_create(&config.data_dir, &config.public_host())?;
     let pool = db::connect(&config.database_url()).await?;
     let org_name = org.unwrap_or_else(|| {
         email
@@ -185,7 +185,7 @@ async fn mosquitto_config(
 
 fn release(config: Config, command: ReleaseCommand) -> anyhow::Result<()> {
     use strata_relay::releases;
-    DataDir::open_or_create(&config.data_dir)?;
+    DataDir::open_or_create(&config.data_dir, &config.public_host())?;
     match command {
         ReleaseCommand::Add {
             version,

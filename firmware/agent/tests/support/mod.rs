@@ -55,6 +55,16 @@ impl Relay {
     /// Starts a relay in `data` with one owner; devices are told to reach the
     /// broker at `advertised_broker_port` (a proxy) and RIST ports from `rist_first`.
     pub fn start(data: &Path, advertised_broker_port: u16, rist_first: u16) -> Relay {
+        Relay::start_with(data, advertised_broker_port, rist_first, &[])
+    }
+
+    /// [`Relay::start`] with more `STRATA_RELAY_*` settings.
+    pub fn start_with(
+        data: &Path,
+        advertised_broker_port: u16,
+        rist_first: u16,
+        extra: &[(&str, &str)],
+    ) -> Relay {
         let bin = workspace_bin("strata-relay");
         workspace_bin("strata-receiver");
         let env = |c: &mut Command| {
@@ -68,6 +78,7 @@ impl Relay {
                 .env("STRATA_RELAY_RIST_PORT_FIRST", rist_first.to_string())
                 .env("STRATA_RELAY_RIST_PORT_LAST", (rist_first + 99).to_string())
                 .env("STRATA_RELAY_STREAM_OFFLINE_GRACE_S", "120")
+                .envs(extra.iter().copied())
                 .env_remove("STRATA_RELAY_CONFIG");
         };
         let mut add = Command::new(&bin);

@@ -21,7 +21,7 @@ use crate::{db, store};
 
 /// Builds the shared state: opens (or creates) the data directory and the database.
 pub async fn state(config: Config) -> anyhow::Result<(AppState, DataDir)> {
-    let dir = DataDir::open_or_create(&config.data_dir)?;
+    let dir = DataDir::open_or_create(&config.data_dir, &config.public_host())?;
     let pool = db::connect(&config.database_url()).await?;
     let state = Arc::new(Relay {
         db: pool,
