@@ -139,6 +139,29 @@ mod tests {
     }
 
     #[test]
+    fn the_certificate_names_the_public_host() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::open_or_create(tmp.path(), "relay.example.net").unwrap();
+        let pem = fs::read(&dir.tls_cert).unwrap();
+        let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
+        let cert = pem.parse_x509().unwrap();
+        let names: Vec<String> = cert
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert!(
+            names.iter().any(|n| n.contains("relay.example.net")),
+            "{names:?}"
+        );
+        assert!(names.iter().any(|n| n.contains("localhost")), "{names:?}");
+    }
+
+    #[test]
     fn refuses_a_readable_key() {
         let tmp = tempfile::tempdir().unwrap();
         DataDir::open_or_create(tmp.path(), "localhost").unwrap();
