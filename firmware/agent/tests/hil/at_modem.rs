@@ -23,15 +23,20 @@ pub struct AtModem {
 
 impl AtModem {
     /// Listens on `path`; every connection (QEMU reconnects after a reset)
-    /// gets a fresh modem.
-    pub fn listen(path: &Path) -> AtModem {
+    /// gets a fresh modem. The dialogue is also written to `log`.
+    pub fn listen(path: &Path, log_path: &Path) -> AtModem {
         let listener = UnixListener::bind(path).expect("AT modem socket");
+        let file = Arc::new(Mutex::new(
+            std::fs::File::create(log_path).expect("AT modem log"),
+        ));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(mut conn) = conn else { return };
                 let log = log.clone();
+                let file = file.clone();
+                let _ = writeln!(file.lock().unwrap(), "-- connected");
                 std::thread::spawn(move || {
                     let mut state = State::default();
                     let mut line = Vec::new();
@@ -49,6 +54,11 @@ impl AtModem {
                                 line.clear();
                                 log.lock().unwrap().push(cmd.clone());
                                 let reply = state.answer(&cmd);
+                                let _ = writeln!(
+                                    file.lock().unwrap(),
+                                    "{cmd} -> {}",
+                                    reply.split_whitespace().collect::<Vec<_>>().join(" ")
+                                );
                                 if conn.write_all(reply.as_bytes()).is_err() {
                                     return;
                                 }

@@ -143,11 +143,19 @@ impl Vm {
         let lines: Vec<&str> = console.lines().collect();
         let tail = lines[lines.len().saturating_sub(60)..].join("\n");
         let qemu = std::fs::read_to_string(self.dir.join("qemu.log")).unwrap_or_default();
+        // The sender's "no link has answered" warnings would fill the tail.
         let journal = self
-            .exec("journalctl -b --no-pager -n 80 -o short-monotonic", 20)
+            .exec(
+                "journalctl -b --no-pager -o short-monotonic | grep -v 'held datagram' | tail -n 150",
+                30,
+            )
             .unwrap_or_else(|e| format!("(no journal: {e})"));
+        let modem = std::fs::read_to_string(self.dir.join("modem.log")).unwrap_or_default();
+        let modem: Vec<&str> = modem.lines().collect();
+        let modem = modem[modem.len().saturating_sub(40)..].join("\n");
         format!(
-            "--- serial console ({}), last 60 lines ---\n{tail}\n--- guest journal ---\n{journal}\n--- qemu ---\n{qemu}",
+            "--- serial console ({}), last 60 lines ---\n{tail}\n--- guest journal ---\n{journal}\n\
+             --- AT modem, last 40 commands ---\n{modem}\n--- qemu ---\n{qemu}",
             self.dir.join("console.log").display()
         )
     }
@@ -232,7 +240,19 @@ impl Vm {
     }
 
     /// Runs a shell command in the guest as root; its stdout and stderr.
+    /// Retries while the guest agent is not up yet (it starts late in boot).
     pub fn exec(&self, script: &str, secs: u64) -> Result<String, String> {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            match self.exec_once(script, secs) {
+                Ok(out) => return Ok(out),
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_secs(1)),
+            }
+        }
+    }
+
+    fn exec_once(&self, script: &str, secs: u64) -> Result<String, String> {
         let started = self.qga(
             json!({"execute": "guest-exec", "arguments": {
                 "path": "/bin/sh", "arg": ["-c", script], "capture-output": true}}),
