@@ -209,7 +209,9 @@ impl Vm {
         let mut w = conn.try_clone().map_err(|e| e.to_string())?;
         let mut r = BufReader::new(conn);
         // guest-sync flushes whatever an earlier, abandoned client left behind.
-        let id = Instant::now().elapsed().as_nanos() as u64 ^ 0x5157;
+        static SYNC: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = u64::from(std::process::id()) << 32
+            | SYNC.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         writeln!(
             w,
             "{}",
