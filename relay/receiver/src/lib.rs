@@ -6,8 +6,11 @@
 //!
 //! Engine: GStreamer pipelines as in seed 003, one per output behind its own
 //! bounded queue and reconnect loop, so a failing destination never touches
-//! the input or the others. (A leaner hand-written remux path is the fallback
-//! if `scripts/bench-receiver` shows GStreamer cannot meet its targets.)
+//! the input or the others. RTMP destinations share one TS to FLV remux
+//! (`flv.rs`) and each runs only `appsrc ! rtmp2sink` (`rtmp.rs`), so an
+//! extra RTMP destination does not demux and mux the stream again.
+//! (`scripts/bench-receiver` shows GStreamer still costs more CPU than
+//! ffmpeg per stream; a hand-written remux path is the open alternative.)
 //!
 //! What we hand-write: the PMT probe that tells the video codec before any
 //! pipeline is built (so H.265 to RTMP is refused up front), and the control
@@ -15,6 +18,8 @@
 
 pub mod control;
 pub mod destination;
+pub mod flv;
 pub mod output;
 pub mod pipeline;
+mod rtmp;
 pub mod worker;

@@ -1,6 +1,8 @@
 //! One destination: its bounded queue, its own GStreamer pipeline and its own
 //! reconnect loop. A stalled or failing destination only ever fills (and then
 //! drops from) its own queue; the input and the other outputs never wait on it.
+//! SRT, HLS and recordings take the TS; RTMP destinations take FLV tags from
+//! the stream's one shared remux ([`Remux`], `flv.rs`).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
@@ -15,7 +17,9 @@ use rand::Rng;
 use serde::Serialize;
 
 use crate::destination::Destination;
+use crate::flv::FlvFanout;
 use crate::pipeline::{self, Video};
+use crate::rtmp;
 
 /// Datagrams (7 TS packets each) an output may hold: about 3 s at 6.5 Mbit/s.
 const QUEUE_DATAGRAMS: usize = 2048;
@@ -75,35 +79,20 @@ pub struct OutputEvent {
     pub message: String,
 }
 
-struct Shared {
-    state: Mutex<OutputState>,
-    bytes: AtomicU64,
-    reconnects: AtomicU64,
-    dropped: AtomicU64,
-    last_error: Mutex<Option<String>>,
-    stop: AtomicBool,
-    rate: Mutex<(Instant, u64, f64)>,
+/// An output's state, shared by its handle, its thread and its feeder.
+pub(crate) struct Shared {
+    pub(crate) state: Mutex<OutputState>,
+    pub(crate) bytes: AtomicU64,
+    pub(crate) reconnects: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+    pub(crate) last_error: Mutex<Option<String>>,
+    pub(crate) stop: AtomicBool,
+    pub(crate) rate: Mutex<(Instant, u64, f64)>,
 }
 
-/// A running output.
-pub struct Output {
-    id: String,
-    dest: Destination,
-    tx: SyncSender<Arc<[u8]>>,
-    shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Output {
-    /// Starts an output; it builds its pipeline once the input's video is known.
-    pub fn start(
-        id: String,
-        dest: Destination,
-        video: Arc<OnceLock<Video>>,
-        events: std::sync::mpsc::Sender<OutputEvent>,
-    ) -> Self {
-        let (tx, rx) = sync_channel(QUEUE_DATAGRAMS);
-        let shared = Arc::new(Shared {
+impl Shared {
+    fn new() -> Arc<Self> {
+        Arc::new(Shared {
             state: Mutex::new(OutputState::Connecting),
             bytes: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
@@ -111,19 +100,126 @@ impl Output {
             last_error: Mutex::new(None),
             stop: AtomicBool::new(false),
             rate: Mutex::new((Instant::now(), 0, 0.0)),
-        });
-        let (sh, d, i) = (shared.clone(), dest.clone(), id.clone());
+        })
+    }
+}
+
+/// What an output's thread does with the stream.
+enum Job {
+    /// Forward it to a destination.
+    Forward(Destination),
+    /// Remux it to FLV for every RTMP destination.
+    Remux(Arc<FlvFanout>),
+}
+
+/// What an output's thread reads.
+enum Feed {
+    /// TS datagrams from the input.
+    Ts(Receiver<Arc<[u8]>>),
+    /// FLV tags from the shared remux.
+    Flv(Receiver<gst::Sample>),
+}
+
+impl Feed {
+    /// Waits up to `t` for the next item and throws it away.
+    fn discard(&self, t: Duration) {
+        match self {
+            Feed::Ts(rx) => _ = rx.recv_timeout(t),
+            Feed::Flv(rx) => _ = rx.recv_timeout(t),
+        }
+    }
+}
+
+/// An output's thread, its queue and its stop flag.
+struct Runner {
+    /// Where the input's TS goes; none when the thread reads FLV.
+    tx: Option<SyncSender<Arc<[u8]>>>,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Runner {
+    fn spawn(
+        name: String,
+        job: Job,
+        video: Arc<OnceLock<Video>>,
+        flv: Option<Receiver<gst::Sample>>,
+        shared: Arc<Shared>,
+        events: std::sync::mpsc::Sender<OutputEvent>,
+    ) -> Self {
+        let (tx, feed) = match flv {
+            Some(rx) => (None, Feed::Flv(rx)),
+            None => {
+                let (tx, rx) = sync_channel(QUEUE_DATAGRAMS);
+                (Some(tx), Feed::Ts(rx))
+            }
+        };
+        let sh = shared.clone();
         let thread = std::thread::Builder::new()
-            .name(format!("output-{id}"))
-            .spawn(move || run(&i, &d, &video, &rx, &sh, &events))
+            .name(format!("output-{name}"))
+            .spawn(move || run(&name, &job, &video, &feed, &sh, &events))
             .expect("spawn output thread");
-        Self {
-            id,
-            dest,
+        Runner {
             tx,
             shared,
             thread: Some(thread),
         }
+    }
+
+    fn push(&self, d: &Arc<[u8]>) {
+        let Some(tx) = &self.tx else { return };
+        match tx.try_send(d.clone()) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A running output.
+pub struct Output {
+    id: String,
+    dest: Destination,
+    runner: Runner,
+}
+
+impl Output {
+    /// Starts an output; it builds its pipeline once the input's video is
+    /// known. An RTMP output subscribes to `flv` (the caller runs the [`Remux`]).
+    pub fn start(
+        id: String,
+        dest: Destination,
+        video: Arc<OnceLock<Video>>,
+        events: std::sync::mpsc::Sender<OutputEvent>,
+        flv: &FlvFanout,
+    ) -> Self {
+        let shared = Shared::new();
+        let tags = matches!(dest, Destination::Rtmp { .. }).then(|| {
+            let sh = shared.clone();
+            flv.subscribe(
+                &id,
+                Arc::new(move || _ = sh.dropped.fetch_add(1, Ordering::Relaxed)),
+            )
+        });
+        let runner = Runner::spawn(
+            id.clone(),
+            Job::Forward(dest.clone()),
+            video,
+            tags,
+            shared,
+            events,
+        );
+        Self { id, dest, runner }
     }
 
     /// The output's id.
@@ -131,21 +227,23 @@ impl Output {
         &self.id
     }
 
+    /// Whether it takes FLV from the shared remux.
+    pub fn is_rtmp(&self) -> bool {
+        matches!(self.dest, Destination::Rtmp { .. })
+    }
+
     /// Queues a datagram; never blocks (a full queue drops and counts it).
+    /// RTMP outputs are fed by the remux instead.
     pub fn push(&self, d: &Arc<[u8]>) {
-        match self.tx.try_send(d.clone()) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        self.runner.push(d);
     }
 
     /// Statistics now.
     pub fn stats(&self) -> OutputStats {
-        let bytes = self.shared.bytes.load(Ordering::Relaxed);
+        let sh = &self.runner.shared;
+        let bytes = sh.bytes.load(Ordering::Relaxed);
         let bitrate = {
-            let mut r = self.shared.rate.lock().expect("rate lock");
+            let mut r = sh.rate.lock().expect("rate lock");
             let dt = r.0.elapsed().as_secs_f64();
             if dt >= 0.5 {
                 r.2 = (bytes - r.1) as f64 * 8.0 / dt / 1000.0;
@@ -157,28 +255,47 @@ impl Output {
             id: self.id.clone(),
             kind: self.dest.kind(),
             destination: self.dest.redacted(),
-            state: *self.shared.state.lock().expect("state lock"),
+            state: *sh.state.lock().expect("state lock"),
             bytes,
             bitrate_kbps: bitrate,
-            reconnects: self.shared.reconnects.load(Ordering::Relaxed),
-            dropped: self.shared.dropped.load(Ordering::Relaxed),
-            last_error: self.shared.last_error.lock().expect("error lock").clone(),
+            reconnects: sh.reconnects.load(Ordering::Relaxed),
+            dropped: sh.dropped.load(Ordering::Relaxed),
+            last_error: sh.last_error.lock().expect("error lock").clone(),
         }
     }
 
     /// Sends EOS, waits for the sink to finalise (recordings), and stops.
     pub fn stop(self) {
-        // Drop does it; this names the intent at call sites.
+        // Dropping the runner does it; this names the intent at call sites.
         drop(self);
     }
 }
 
-impl Drop for Output {
-    fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+/// The stream's TS to FLV remux, feeding every RTMP output (see `flv.rs`).
+/// Its failures are logged; the RTMP outputs report their own.
+pub struct Remux {
+    runner: Runner,
+}
+
+impl Remux {
+    /// Starts the remux; it builds its pipeline once the input's video is known.
+    pub fn start(video: Arc<OnceLock<Video>>, flv: Arc<FlvFanout>) -> Self {
+        // Nobody reads the remux's events: the outputs say what went wrong.
+        let (events, _) = std::sync::mpsc::channel();
+        let runner = Runner::spawn(
+            "flv-remux".into(),
+            Job::Remux(flv),
+            video,
+            None,
+            Shared::new(),
+            events,
+        );
+        Self { runner }
+    }
+
+    /// Queues a datagram of TS; never blocks.
+    pub fn push(&self, d: &Arc<[u8]>) {
+        self.runner.push(d);
     }
 }
 
@@ -188,14 +305,19 @@ fn set_state(sh: &Shared, s: OutputState) {
 
 fn run(
     id: &str,
-    dest: &Destination,
+    job: &Job,
     video: &OnceLock<Video>,
-    rx: &Receiver<Arc<[u8]>>,
+    feed: &Feed,
     sh: &Shared,
     events: &std::sync::mpsc::Sender<OutputEvent>,
 ) {
+    let dest = match job {
+        Job::Forward(d) => Some(d),
+        Job::Remux(_) => None,
+    };
+    let shown = dest.map_or_else(|| "FLV remux".into(), Destination::redacted);
     let report = |message: String| {
-        tracing::warn!(output = id, destination = %dest.redacted(), "{message}");
+        tracing::warn!(output = id, destination = %shown, "{message}");
         *sh.last_error.lock().expect("error lock") = Some(message.clone());
         let _ = events.send(OutputEvent {
             id: id.to_string(),
@@ -211,9 +333,13 @@ fn run(
         if let Some(v) = video.get() {
             break *v;
         }
-        let _ = rx.recv_timeout(Duration::from_millis(100));
+        feed.discard(Duration::from_millis(100));
     };
-    let desc = match pipeline::describe(dest, video.codec) {
+    let desc = match dest {
+        Some(d) => pipeline::describe(d, video.codec),
+        None => pipeline::describe_remux(video.codec),
+    };
+    let desc = match desc {
         Ok(d) => d,
         Err(e) => {
             set_state(sh, OutputState::Failed);
@@ -221,7 +347,7 @@ fn run(
             return;
         }
     };
-    if let Destination::Hls { dir, .. } | Destination::Record { dir, .. } = dest
+    if let Some(Destination::Hls { dir, .. } | Destination::Record { dir, .. }) = dest
         && let Err(e) = std::fs::create_dir_all(dir)
     {
         set_state(sh, OutputState::Failed);
@@ -232,7 +358,12 @@ fn run(
     loop {
         set_state(sh, OutputState::Connecting);
         let started = Instant::now();
-        match run_pipeline(&desc, dest, video.pid, rx, sh) {
+        let ran = match (feed, dest) {
+            (Feed::Flv(rx), Some(Destination::Rtmp { url })) => rtmp::run(&desc, url, rx, sh),
+            (Feed::Ts(rx), _) => run_pipeline(&desc, job, video.pid, rx, sh),
+            (Feed::Flv(_), _) => Err("FLV feeds only RTMP".into()),
+        };
+        match ran {
             Ok(()) => {
                 set_state(sh, OutputState::Stopped);
                 return;
@@ -254,11 +385,11 @@ fn run(
         let mut next_probe = Instant::now() + Duration::from_secs(1);
         while Instant::now() < until && !sh.stop.load(Ordering::Relaxed) {
             // Discard what arrives while down: after a reconnect we start live.
-            let _ = rx.recv_timeout(Duration::from_millis(50));
+            feed.discard(Duration::from_millis(50));
             // A cheap TCP probe ends a long backoff as soon as the server is back.
             if Instant::now() >= next_probe {
                 next_probe += Duration::from_secs(1);
-                if dest.reachable() == Some(true) {
+                if dest.and_then(Destination::reachable) == Some(true) {
                     break;
                 }
             }
@@ -270,7 +401,7 @@ fn run(
 /// Runs one pipeline until it fails (Err) or the output is stopped (Ok).
 fn run_pipeline(
     desc: &str,
-    dest: &Destination,
+    job: &Job,
     video_pid: u16,
     rx: &Receiver<Arc<[u8]>>,
     sh: &Shared,
@@ -280,19 +411,32 @@ fn run_pipeline(
         .downcast::<gst::Pipeline>()
         .map_err(|_| "pipeline: not a pipeline".to_string())?;
     let guard = PipelineGuard(pipeline.clone());
-    match dest {
-        Destination::Rtmp { url } => pipeline
-            .by_name("sink")
-            .expect("sink")
-            .set_property("location", url),
-        Destination::Srt {
+    match job {
+        Job::Forward(Destination::Srt {
             passphrase: Some(p),
             ..
-        } => {
+        }) => {
             let sink = pipeline.by_name("sink").expect("sink");
             sink.set_property("passphrase", p);
             // An enum (GstSRTKeyLength): 32 bytes = AES-256.
             sink.set_property_from_str("pbkeylen", "32");
+        }
+        Job::Remux(fanout) => {
+            let fanout = fanout.clone();
+            pipeline
+                .by_name("out")
+                .expect("remux appsink")
+                .downcast::<gst_app::AppSink>()
+                .map_err(|_| "remux: not an appsink".to_string())?
+                .set_callbacks(
+                    gst_app::AppSinkCallbacks::builder()
+                        .new_sample(move |s| {
+                            let sample = s.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                            fanout.broadcast(&sample);
+                            Ok(gst::FlowSuccess::Ok)
+                        })
+                        .build(),
+                );
         }
         _ => {}
     }
@@ -438,7 +582,7 @@ fn run_pipeline(
 }
 
 /// Sets the pipeline to NULL however the run ends.
-struct PipelineGuard(gst::Pipeline);
+pub(crate) struct PipelineGuard(pub(crate) gst::Pipeline);
 impl Drop for PipelineGuard {
     fn drop(&mut self) {
         let _ = self.0.set_state(gst::State::Null);

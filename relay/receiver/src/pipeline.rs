@@ -17,31 +17,52 @@ pub enum VideoCodec {
 const SRC: &str = "appsrc name=src is-live=true format=time max-bytes=4000000 block=false \
                    caps=\"video/mpegts,systemstream=(boolean)true,packetsize=(int)188\"";
 
-/// A pipeline description for `dest`, or why this stream cannot go there.
-pub fn describe(dest: &Destination, codec: VideoCodec) -> Result<String, String> {
+const DEMUX: &str = "tsdemux name=demux latency=200";
+const AUDIO: &str = "demux. ! audio/mpeg ! queue max-size-time=2000000000 ! aacparse name=aparse";
+
+fn video_branch(codec: VideoCodec) -> String {
     let (vcaps, vparse) = match codec {
         VideoCodec::H264 => ("video/x-h264", "h264parse"),
         VideoCodec::H265 => ("video/x-h265", "h265parse"),
     };
-    let demux = "tsdemux name=demux latency=200";
-    let video = format!(
+    format!(
         "demux. ! {vcaps} ! queue max-size-time=2000000000 ! {vparse} name=vparse config-interval=-1"
-    );
-    let audio = "demux. ! audio/mpeg ! queue max-size-time=2000000000 ! aacparse name=aparse";
+    )
+}
+
+/// Why an H.265 stream cannot go to RTMP.
+const NO_H265_RTMP: &str = "H.265 cannot be sent over RTMP with GStreamer 1.22 (no enhanced-RTMP muxer); \
+                            use SRT, HLS or a recording";
+
+/// The stream's one TS to FLV remux, shared by its RTMP destinations
+/// (`flv.rs`): FLV tags out of an appsink, stream headers in its caps.
+pub fn describe_remux(codec: VideoCodec) -> Result<String, String> {
+    if codec == VideoCodec::H265 {
+        return Err(NO_H265_RTMP.into());
+    }
+    Ok(format!(
+        "{SRC} ! {DEMUX} {} ! video/x-h264,stream-format=avc,alignment=au ! \
+         flvmux name=mux streamable=true latency=100000000 ! \
+         appsink name=out sync=false emit-signals=false {AUDIO} ! mux.",
+        video_branch(codec)
+    ))
+}
+
+/// A pipeline description for `dest`, or why this stream cannot go there.
+pub fn describe(dest: &Destination, codec: VideoCodec) -> Result<String, String> {
+    let demux = DEMUX;
+    let video = video_branch(codec);
+    let audio = AUDIO;
     Ok(match dest {
+        // FLV tags from the shared remux; the caps (set by the output) carry
+        // the FLV header and codec headers rtmp2sink sends on connect.
         Destination::Rtmp { .. } => {
             if codec == VideoCodec::H265 {
-                return Err(
-                    "H.265 cannot be sent over RTMP with GStreamer 1.22 (no enhanced-RTMP muxer); \
-                            use SRT, HLS or a recording"
-                        .into(),
-                );
+                return Err(NO_H265_RTMP.into());
             }
-            format!(
-                "{SRC} ! {demux} {video} ! video/x-h264,stream-format=avc,alignment=au ! \
-                 flvmux name=mux streamable=true latency=100000000 ! queue name=out ! \
-                 rtmp2sink name=sink async-connect=false sync=false {audio} ! mux."
-            )
+            "appsrc name=src is-live=true format=time max-bytes=4000000 block=false ! \
+             queue name=out ! rtmp2sink name=sink async-connect=false sync=false"
+                .to_string()
         }
         Destination::Srt { url, .. } => {
             format!(
@@ -175,7 +196,13 @@ mod tests {
     #[test]
     fn rtmp_refuses_h265() {
         let d = Destination::parse("rtmp://h/app/key", None).unwrap();
-        assert!(describe(&d, VideoCodec::H264).unwrap().contains("flvmux"));
+        assert!(
+            describe(&d, VideoCodec::H264)
+                .unwrap()
+                .contains("rtmp2sink")
+        );
+        assert!(describe_remux(VideoCodec::H264).unwrap().contains("flvmux"));
+        assert!(describe_remux(VideoCodec::H265).is_err());
         assert!(
             describe(&d, VideoCodec::H265)
                 .unwrap_err()
@@ -234,5 +261,7 @@ mod tests {
             let desc = describe(&d, codec).unwrap();
             gstreamer::parse::launch(&desc).unwrap_or_else(|e| panic!("{u}: {e}\n{desc}"));
         }
+        let desc = describe_remux(VideoCodec::H264).unwrap();
+        gstreamer::parse::launch(&desc).unwrap_or_else(|e| panic!("remux: {e}\n{desc}"));
     }
 }

@@ -12,7 +12,8 @@ use strata_rist::{BondedReceiver, Psk, ReceiverConfig};
 
 use crate::control::{Command, ControlSocket};
 use crate::destination::{Destination, DestinationSpec};
-use crate::output::{Output, OutputEvent};
+use crate::flv::FlvFanout;
+use crate::output::{Output, OutputEvent, Remux};
 use crate::pipeline::{CodecProbe, Video};
 
 /// Everything a worker needs to start.
@@ -44,6 +45,10 @@ pub enum StopReason {
 
 struct Input {
     outputs: Mutex<Vec<Output>>,
+    /// The TS to FLV remux, while there is an RTMP output.
+    remux: Mutex<Option<Remux>>,
+    /// Its RTMP outputs.
+    flv: Arc<FlvFanout>,
     video: Arc<OnceLock<Video>>,
     last_input: AtomicU64,
     epoch: Instant,
@@ -77,13 +82,15 @@ pub fn run(
     let (ev_tx, ev_rx): (Sender<OutputEvent>, Receiver<OutputEvent>) = channel();
     let input = Arc::new(Input {
         outputs: Mutex::new(Vec::new()),
+        remux: Mutex::new(None),
+        flv: FlvFanout::new(),
         video: Arc::new(OnceLock::new()),
         last_input: AtomicU64::new(0),
         epoch: Instant::now(),
         stop: AtomicBool::new(false),
     });
     for (id, d) in dests {
-        let o = Output::start(id, d, input.video.clone(), ev_tx.clone());
+        let o = input.start(id, d, &ev_tx);
         input.outputs.lock().expect("outputs lock").push(o);
     }
     // Data arrives on librist's output thread: no queue or thread of ours before the outputs'.
@@ -164,6 +171,8 @@ pub fn run(
     for o in outputs {
         o.stop();
     }
+    let remux = input.remux.lock().expect("remux lock").take();
+    drop(remux);
     socket.emit(stats(&cfg, &rx, &input), false);
     Ok(reason)
 }
@@ -186,6 +195,39 @@ fn on_input(input: &Input, probe: &Mutex<CodecProbe>, d: &[u8]) {
     for o in input.outputs.lock().expect("outputs lock").iter() {
         o.push(&d);
     }
+    if let Some(r) = input.remux.lock().expect("remux lock").as_ref() {
+        r.push(&d);
+    }
+}
+
+impl Input {
+    /// Starts an output; the first RTMP one starts the shared remux.
+    fn start(&self, id: String, d: Destination, events: &Sender<OutputEvent>) -> Output {
+        if matches!(d, Destination::Rtmp { .. }) {
+            let mut remux = self.remux.lock().expect("remux lock");
+            if remux.is_none() {
+                *remux = Some(Remux::start(self.video.clone(), self.flv.clone()));
+            }
+        }
+        Output::start(id, d, self.video.clone(), events.clone(), &self.flv)
+    }
+
+    /// Stops the remux once no RTMP output is left. Called without the
+    /// outputs lock: stopping takes up to seconds, and the input must not wait.
+    fn prune_remux(&self) {
+        let none_left = !self
+            .outputs
+            .lock()
+            .expect("outputs lock")
+            .iter()
+            .any(Output::is_rtmp);
+        let gone = if none_left {
+            self.remux.lock().expect("remux lock").take()
+        } else {
+            None
+        };
+        drop(gone);
+    }
 }
 
 fn apply(c: Command, input: &Input, events: &Sender<OutputEvent>) -> Result<String, String> {
@@ -201,12 +243,7 @@ fn apply(c: Command, input: &Input, events: &Sender<OutputEvent>) -> Result<Stri
             }
             let d = Destination::parse(&url, passphrase.as_deref()).map_err(|e| e.to_string())?;
             let shown = d.redacted();
-            outs.push(Output::start(
-                id.clone(),
-                d,
-                input.video.clone(),
-                events.clone(),
-            ));
+            outs.push(input.start(id.clone(), d, events));
             Ok(format!("output {id} added: {shown}"))
         }
         Command::RemoveOutput { id } => {
@@ -217,6 +254,7 @@ fn apply(c: Command, input: &Input, events: &Sender<OutputEvent>) -> Result<Stri
             let o = outs.remove(i);
             drop(outs);
             o.stop();
+            input.prune_remux();
             Ok(format!("output {id} removed"))
         }
         Command::UpdateForward {
@@ -237,10 +275,13 @@ fn apply(c: Command, input: &Input, events: &Sender<OutputEvent>) -> Result<Stri
             let d = Destination::parse(&url, passphrase.as_deref()).map_err(|e| e.to_string())?;
             let id = outs[i].id().to_string();
             let shown = d.redacted();
-            let new = Output::start(id.clone(), d, input.video.clone(), events.clone());
+            // Same id: the new output replaces the old one among the remux's
+            // subscribers, and the old one sees its feed end.
+            let new = input.start(id.clone(), d, events);
             let old = std::mem::replace(&mut outs[i], new);
             drop(outs);
             old.stop();
+            input.prune_remux();
             Ok(format!("output {id} now goes to {shown}"))
         }
         Command::Stop | Command::Stats => Ok(String::new()),

@@ -11,6 +11,7 @@
 //!
 //! Every release is verified (SHA-256 and signature) before it is run.
 
+use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::process::{Child, Command};
 use std::sync::Arc;
@@ -151,6 +152,15 @@ fn supervise(cfg: &AgentConfig, dir: &Path, staged: &Staged) -> Supervised {
     let trial = dir.join("trial");
     let mut cmd = agent_command(&trial, &staged.version);
     cmd.env(ENV_TRIAL, "1").env(ENV_SUPERVISED, "1");
+    // A trial must never outlive its supervisor (killed launcher, crash):
+    // unsupervised, a bad release would never be rolled back.
+    // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
+                .map_err(std::io::Error::from)
+        });
+    }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => return Supervised::GaveUp(format!("it could not be started: {e}")),
