@@ -64,7 +64,7 @@ pub struct OutputStats {
     pub bitrate_kbps: f64,
     /// Times the pipeline was rebuilt after a failure.
     pub reconnects: u64,
-    /// Datagrams dropped because this output's queue was full.
+    /// Datagrams (FLV tags for RTMP) dropped because this output's queue was full.
     pub dropped: u64,
     /// The last error, if any.
     pub last_error: Option<String>,
