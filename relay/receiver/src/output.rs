@@ -558,25 +558,37 @@ fn run_pipeline(
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return Ok(()),
         }
-        if let Some(m) = bus.pop_filtered(&[gst::MessageType::Error, gst::MessageType::Eos]) {
-            return Err(match m.view() {
-                gst::MessageView::Error(e) => {
-                    let dbg = e.debug().map(|d| d.to_string()).unwrap_or_default();
-                    tracing::debug!("{}: {dbg}", e.error());
-                    e.error().to_string()
-                }
-                _ => "destination closed the stream".into(),
-            });
+        if let Some(why) = failure(&bus) {
+            return Err(why);
         }
-        let now_bytes = bytes.load(Ordering::Relaxed);
-        if now_bytes > last_bytes {
-            sh.bytes
-                .fetch_add(now_bytes - last_bytes, Ordering::Relaxed);
-            last_bytes = now_bytes;
-            let mut s = sh.state.lock().expect("state lock");
-            if *s == OutputState::Connecting {
-                *s = OutputState::Live;
-            }
+        progress(sh, &bytes, &mut last_bytes);
+    }
+}
+
+/// Why the pipeline ended, if its bus says it did (error, or EOS from the far end).
+pub(crate) fn failure(bus: &gst::Bus) -> Option<String> {
+    let m = bus.pop_filtered(&[gst::MessageType::Error, gst::MessageType::Eos])?;
+    Some(match m.view() {
+        gst::MessageView::Error(e) => {
+            let dbg = e.debug().map(|d| d.to_string()).unwrap_or_default();
+            tracing::debug!("{}: {dbg}", e.error());
+            e.error().to_string()
+        }
+        _ => "destination closed the stream".into(),
+    })
+}
+
+/// Adds what reached the sink since the last call to the output's bytes;
+/// the first bytes make a connecting output live.
+pub(crate) fn progress(sh: &Shared, bytes: &AtomicU64, last_bytes: &mut u64) {
+    let now_bytes = bytes.load(Ordering::Relaxed);
+    if now_bytes > *last_bytes {
+        sh.bytes
+            .fetch_add(now_bytes - *last_bytes, Ordering::Relaxed);
+        *last_bytes = now_bytes;
+        let mut s = sh.state.lock().expect("state lock");
+        if *s == OutputState::Connecting {
+            *s = OutputState::Live;
         }
     }
 }

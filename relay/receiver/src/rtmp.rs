@@ -12,7 +12,7 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 
 use crate::flv::is_keyframe_tag;
-use crate::output::{OutputState, PipelineGuard, Shared};
+use crate::output::{PipelineGuard, Shared, failure, progress};
 
 /// Runs one RTMP connection on FLV tags from the remux until it fails (Err)
 /// or the output is stopped (Ok). Each connection opens with the stream
@@ -91,25 +91,9 @@ pub(crate) fn run(
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return Ok(()),
         }
-        if let Some(m) = bus.pop_filtered(&[gst::MessageType::Error, gst::MessageType::Eos]) {
-            return Err(match m.view() {
-                gst::MessageView::Error(e) => {
-                    let dbg = e.debug().map(|d| d.to_string()).unwrap_or_default();
-                    tracing::debug!("{}: {dbg}", e.error());
-                    e.error().to_string()
-                }
-                _ => "destination closed the stream".into(),
-            });
+        if let Some(why) = failure(&bus) {
+            return Err(why);
         }
-        let now_bytes = bytes.load(Ordering::Relaxed);
-        if now_bytes > last_bytes {
-            sh.bytes
-                .fetch_add(now_bytes - last_bytes, Ordering::Relaxed);
-            last_bytes = now_bytes;
-            let mut s = sh.state.lock().expect("state lock");
-            if *s == OutputState::Connecting {
-                *s = OutputState::Live;
-            }
-        }
+        progress(sh, &bytes, &mut last_bytes);
     }
 }
