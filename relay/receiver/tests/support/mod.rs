@@ -106,7 +106,7 @@ impl Nginx {
         std::fs::create_dir_all(dir.join("logs")).unwrap();
         let conf = format!(
             "load_module /usr/lib/nginx/modules/ngx_rtmp_module.so;\n\
-             user root;\nworker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\n\
+             user root;\nmaster_process off;\ndaemon off;\npid {d}/nginx.pid;\n\
              error_log {d}/logs/error.log info;\nevents {{ worker_connections 64; }}\n\
              rtmp {{ server {{ listen 127.0.0.1:{port}; chunk_size 4096;\n\
                application live {{ live on; record all; record_path {d}/rec; record_unique on; }} }} }}\n",
