@@ -406,11 +406,7 @@ fn run_pipeline(
     rx: &Receiver<Arc<[u8]>>,
     sh: &Shared,
 ) -> Result<(), String> {
-    let pipeline = gst::parse::launch(desc)
-        .map_err(|e| format!("pipeline: {e}"))?
-        .downcast::<gst::Pipeline>()
-        .map_err(|_| "pipeline: not a pipeline".to_string())?;
-    let guard = PipelineGuard(pipeline.clone());
+    let (pipeline, guard) = parse(desc)?;
     match job {
         Job::Forward(Destination::Srt {
             passphrase: Some(p),
@@ -485,35 +481,13 @@ fn run_pipeline(
         .or_else(|| counted.sink_pads().first().cloned());
     let bytes = Arc::new(AtomicU64::new(0));
     if let Some(pad) = pad {
-        let b = bytes.clone();
-        pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
-            if let Some(buf) = info.buffer() {
-                b.fetch_add(buf.size() as u64, Ordering::Relaxed);
-            }
-            gst::PadProbeReturn::Ok
-        });
+        count_bytes(&pad, &bytes);
     } else {
         // HLS and record: count at the video request pad once it exists.
         let b = bytes.clone();
-        counted.connect_pad_added(move |_, pad| {
-            let b = b.clone();
-            pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
-                if let Some(buf) = info.buffer() {
-                    b.fetch_add(buf.size() as u64, Ordering::Relaxed);
-                }
-                gst::PadProbeReturn::Ok
-            });
-        });
+        counted.connect_pad_added(move |_, pad| count_bytes(pad, &b));
     }
-    let appsrc = pipeline
-        .by_name("src")
-        .expect("src")
-        .downcast::<gst_app::AppSrc>()
-        .map_err(|_| "appsrc missing".to_string())?;
-    pipeline
-        .set_state(gst::State::Playing)
-        .map_err(|e| format!("cannot start pipeline: {e}"))?;
-    let bus = pipeline.bus().expect("bus");
+    let (appsrc, bus) = play(&pipeline)?;
     let mut last_bytes = 0;
     let mut held: Vec<u8> = Vec::new();
     loop {
@@ -563,6 +537,39 @@ fn run_pipeline(
         }
         progress(sh, &bytes, &mut last_bytes);
     }
+}
+
+/// Parses a pipeline description; the guard sets it to NULL when dropped.
+pub(crate) fn parse(desc: &str) -> Result<(gst::Pipeline, PipelineGuard), String> {
+    let pipeline = gst::parse::launch(desc)
+        .map_err(|e| format!("pipeline: {e}"))?
+        .downcast::<gst::Pipeline>()
+        .map_err(|_| "pipeline: not a pipeline".to_string())?;
+    Ok((pipeline.clone(), PipelineGuard(pipeline)))
+}
+
+/// Sets the pipeline playing; its appsrc (named `src`) and its bus.
+pub(crate) fn play(pipeline: &gst::Pipeline) -> Result<(gst_app::AppSrc, gst::Bus), String> {
+    let appsrc = pipeline
+        .by_name("src")
+        .expect("src")
+        .downcast::<gst_app::AppSrc>()
+        .map_err(|_| "appsrc missing".to_string())?;
+    pipeline
+        .set_state(gst::State::Playing)
+        .map_err(|e| format!("cannot start pipeline: {e}"))?;
+    Ok((appsrc, pipeline.bus().expect("bus")))
+}
+
+/// Adds the size of every buffer through `pad` to `bytes`.
+pub(crate) fn count_bytes(pad: &gst::Pad, bytes: &Arc<AtomicU64>) {
+    let b = bytes.clone();
+    pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+        if let Some(buf) = info.buffer() {
+            b.fetch_add(buf.size() as u64, Ordering::Relaxed);
+        }
+        gst::PadProbeReturn::Ok
+    });
 }
 
 /// Why the pipeline ended, if its bus says it did (error, or EOS from the far end).

@@ -9,10 +9,9 @@ use std::time::Duration;
 
 use gstreamer as gst;
 use gstreamer::prelude::*;
-use gstreamer_app as gst_app;
 
 use crate::flv::is_keyframe_tag;
-use crate::output::{PipelineGuard, Shared, failure, progress};
+use crate::output::{Shared, count_bytes, failure, parse, play, progress};
 
 /// Runs one RTMP connection on FLV tags from the remux until it fails (Err)
 /// or the output is stopped (Ok). Each connection opens with the stream
@@ -24,36 +23,15 @@ pub(crate) fn run(
     rx: &Receiver<gst::Sample>,
     sh: &Shared,
 ) -> Result<(), String> {
-    let pipeline = gst::parse::launch(desc)
-        .map_err(|e| format!("pipeline: {e}"))?
-        .downcast::<gst::Pipeline>()
-        .map_err(|_| "pipeline: not a pipeline".to_string())?;
-    let guard = PipelineGuard(pipeline.clone());
+    let (pipeline, guard) = parse(desc)?;
     pipeline
         .by_name("sink")
         .expect("sink")
         .set_property("location", url);
     let bytes = Arc::new(AtomicU64::new(0));
-    let b = bytes.clone();
-    pipeline
-        .by_name("out")
-        .and_then(|q| q.static_pad("src"))
-        .expect("out queue")
-        .add_probe(gst::PadProbeType::BUFFER, move |_, info| {
-            if let Some(buf) = info.buffer() {
-                b.fetch_add(buf.size() as u64, Ordering::Relaxed);
-            }
-            gst::PadProbeReturn::Ok
-        });
-    let appsrc = pipeline
-        .by_name("src")
-        .expect("src")
-        .downcast::<gst_app::AppSrc>()
-        .map_err(|_| "appsrc missing".to_string())?;
-    pipeline
-        .set_state(gst::State::Playing)
-        .map_err(|e| format!("cannot start pipeline: {e}"))?;
-    let bus = pipeline.bus().expect("bus");
+    let out = pipeline.by_name("out").and_then(|q| q.static_pad("src"));
+    count_bytes(&out.expect("out queue"), &bytes);
+    let (appsrc, bus) = play(&pipeline)?;
     let mut last_bytes = 0;
     let mut caps: Option<gst::Caps> = None;
     let mut keyframe_seen = false;
