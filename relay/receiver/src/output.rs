@@ -1,8 +1,9 @@
 //! One destination: its bounded queue, its own GStreamer pipeline and its own
 //! reconnect loop. A stalled or failing destination only ever fills (and then
 //! drops from) its own queue; the input and the other outputs never wait on it.
-//! SRT, HLS and recordings take the TS; RTMP destinations take FLV tags from
-//! the stream's one shared remux ([`Remux`], `flv.rs`).
+//! SRT, HLS and recordings take the TS into a GStreamer pipeline; RTMP
+//! destinations take FLV tags from the stream's one remux (`remux.rs`,
+//! `flv.rs`) and publish them themselves (`rtmp.rs`).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
@@ -19,6 +20,7 @@ use serde::Serialize;
 use crate::destination::Destination;
 use crate::flv::FlvFanout;
 use crate::pipeline::{self, Video};
+use crate::remux::Tag;
 use crate::rtmp;
 
 /// Datagrams (7 TS packets each) an output may hold: about 3 s at 6.5 Mbit/s.
@@ -104,20 +106,12 @@ impl Shared {
     }
 }
 
-/// What an output's thread does with the stream.
-enum Job {
-    /// Forward it to a destination.
-    Forward(Destination),
-    /// Remux it to FLV for every RTMP destination.
-    Remux(Arc<FlvFanout>),
-}
-
 /// What an output's thread reads.
 enum Feed {
     /// TS datagrams from the input.
     Ts(Receiver<Arc<[u8]>>),
     /// FLV tags from the shared remux.
-    Flv(Receiver<gst::Sample>),
+    Flv(Receiver<Tag>),
 }
 
 impl Feed {
@@ -141,13 +135,21 @@ struct Runner {
 impl Runner {
     fn spawn(
         name: String,
-        job: Job,
+        dest: Destination,
         video: Arc<OnceLock<Video>>,
-        flv: Option<Receiver<gst::Sample>>,
+        flv: &Arc<FlvFanout>,
         shared: Arc<Shared>,
         events: std::sync::mpsc::Sender<OutputEvent>,
     ) -> Self {
-        let (tx, feed) = match flv {
+        let tags = matches!(dest, Destination::Rtmp { .. }).then(|| {
+            let sh = shared.clone();
+            flv.subscribe(
+                &name,
+                Arc::new(move || _ = sh.dropped.fetch_add(1, Ordering::Relaxed)),
+            )
+        });
+        let fan = flv.clone();
+        let (tx, feed) = match tags {
             Some(rx) => (None, Feed::Flv(rx)),
             None => {
                 let (tx, rx) = sync_channel(QUEUE_DATAGRAMS);
@@ -157,7 +159,7 @@ impl Runner {
         let sh = shared.clone();
         let thread = std::thread::Builder::new()
             .name(format!("output-{name}"))
-            .spawn(move || run(&name, &job, &video, &feed, &sh, &events))
+            .spawn(move || run(&name, &dest, &video, &feed, &fan, &sh, &events))
             .expect("spawn output thread");
         Runner {
             tx,
@@ -195,41 +197,21 @@ pub struct Output {
 
 impl Output {
     /// Starts an output; it builds its pipeline once the input's video is
-    /// known. An RTMP output subscribes to `flv` (the caller runs the [`Remux`]).
+    /// known. An RTMP output subscribes to `flv`, which the input feeds.
     pub fn start(
         id: String,
         dest: Destination,
         video: Arc<OnceLock<Video>>,
         events: std::sync::mpsc::Sender<OutputEvent>,
-        flv: &FlvFanout,
+        flv: &Arc<FlvFanout>,
     ) -> Self {
-        let shared = Shared::new();
-        let tags = matches!(dest, Destination::Rtmp { .. }).then(|| {
-            let sh = shared.clone();
-            flv.subscribe(
-                &id,
-                Arc::new(move || _ = sh.dropped.fetch_add(1, Ordering::Relaxed)),
-            )
-        });
-        let runner = Runner::spawn(
-            id.clone(),
-            Job::Forward(dest.clone()),
-            video,
-            tags,
-            shared,
-            events,
-        );
+        let runner = Runner::spawn(id.clone(), dest.clone(), video, flv, Shared::new(), events);
         Self { id, dest, runner }
     }
 
     /// The output's id.
     pub fn id(&self) -> &str {
         &self.id
-    }
-
-    /// Whether it takes FLV from the shared remux.
-    pub fn is_rtmp(&self) -> bool {
-        matches!(self.dest, Destination::Rtmp { .. })
     }
 
     /// Queues a datagram; never blocks (a full queue drops and counts it).
@@ -271,51 +253,20 @@ impl Output {
     }
 }
 
-/// The stream's TS to FLV remux, feeding every RTMP output (see `flv.rs`).
-/// Its failures are logged; the RTMP outputs report their own.
-pub struct Remux {
-    runner: Runner,
-}
-
-impl Remux {
-    /// Starts the remux; it builds its pipeline once the input's video is known.
-    pub fn start(video: Arc<OnceLock<Video>>, flv: Arc<FlvFanout>) -> Self {
-        // Nobody reads the remux's events: the outputs say what went wrong.
-        let (events, _) = std::sync::mpsc::channel();
-        let runner = Runner::spawn(
-            "flv-remux".into(),
-            Job::Remux(flv),
-            video,
-            None,
-            Shared::new(),
-            events,
-        );
-        Self { runner }
-    }
-
-    /// Queues a datagram of TS; never blocks.
-    pub fn push(&self, d: &Arc<[u8]>) {
-        self.runner.push(d);
-    }
-}
-
 fn set_state(sh: &Shared, s: OutputState) {
     *sh.state.lock().expect("state lock") = s;
 }
 
 fn run(
     id: &str,
-    job: &Job,
+    dest: &Destination,
     video: &OnceLock<Video>,
     feed: &Feed,
+    fan: &FlvFanout,
     sh: &Shared,
     events: &std::sync::mpsc::Sender<OutputEvent>,
 ) {
-    let dest = match job {
-        Job::Forward(d) => Some(d),
-        Job::Remux(_) => None,
-    };
-    let shown = dest.map_or_else(|| "FLV remux".into(), Destination::redacted);
+    let shown = dest.redacted();
     let report = |message: String| {
         tracing::warn!(output = id, destination = %shown, "{message}");
         *sh.last_error.lock().expect("error lock") = Some(message.clone());
@@ -335,9 +286,10 @@ fn run(
         }
         feed.discard(Duration::from_millis(100));
     };
+    // RTMP is published by `rtmp.rs`; the other kinds are GStreamer pipelines.
     let desc = match dest {
-        Some(d) => pipeline::describe(d, video.codec),
-        None => pipeline::describe_remux(video.codec),
+        Destination::Rtmp { .. } => rtmp::supports(video.codec).map(|()| String::new()),
+        d => pipeline::describe(d, video.codec),
     };
     let desc = match desc {
         Ok(d) => d,
@@ -347,7 +299,7 @@ fn run(
             return;
         }
     };
-    if let Some(Destination::Hls { dir, .. } | Destination::Record { dir, .. }) = dest
+    if let Destination::Hls { dir, .. } | Destination::Record { dir, .. } = dest
         && let Err(e) = std::fs::create_dir_all(dir)
     {
         set_state(sh, OutputState::Failed);
@@ -359,8 +311,8 @@ fn run(
         set_state(sh, OutputState::Connecting);
         let started = Instant::now();
         let ran = match (feed, dest) {
-            (Feed::Flv(rx), Some(Destination::Rtmp { url })) => rtmp::run(&desc, url, rx, sh),
-            (Feed::Ts(rx), _) => run_pipeline(&desc, job, video.pid, rx, sh),
+            (Feed::Flv(rx), Destination::Rtmp { url }) => rtmp::run(url, rx, fan, sh),
+            (Feed::Ts(rx), _) => run_pipeline(&desc, dest, video.pid, rx, sh),
             (Feed::Flv(_), _) => Err("FLV feeds only RTMP".into()),
         };
         match ran {
@@ -389,7 +341,7 @@ fn run(
             // A cheap TCP probe ends a long backoff as soon as the server is back.
             if Instant::now() >= next_probe {
                 next_probe += Duration::from_secs(1);
-                if dest.and_then(Destination::reachable) == Some(true) {
+                if dest.reachable() == Some(true) {
                     break;
                 }
             }
@@ -401,40 +353,21 @@ fn run(
 /// Runs one pipeline until it fails (Err) or the output is stopped (Ok).
 fn run_pipeline(
     desc: &str,
-    job: &Job,
+    dest: &Destination,
     video_pid: u16,
     rx: &Receiver<Arc<[u8]>>,
     sh: &Shared,
 ) -> Result<(), String> {
     let (pipeline, guard) = parse(desc)?;
-    match job {
-        Job::Forward(Destination::Srt {
-            passphrase: Some(p),
-            ..
-        }) => {
-            let sink = pipeline.by_name("sink").expect("sink");
-            sink.set_property("passphrase", p);
-            // An enum (GstSRTKeyLength): 32 bytes = AES-256.
-            sink.set_property_from_str("pbkeylen", "32");
-        }
-        Job::Remux(fanout) => {
-            let fanout = fanout.clone();
-            pipeline
-                .by_name("out")
-                .expect("remux appsink")
-                .downcast::<gst_app::AppSink>()
-                .map_err(|_| "remux: not an appsink".to_string())?
-                .set_callbacks(
-                    gst_app::AppSinkCallbacks::builder()
-                        .new_sample(move |s| {
-                            let sample = s.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                            fanout.broadcast(&sample);
-                            Ok(gst::FlowSuccess::Ok)
-                        })
-                        .build(),
-                );
-        }
-        _ => {}
+    if let Destination::Srt {
+        passphrase: Some(p),
+        ..
+    } = dest
+    {
+        let sink = pipeline.by_name("sink").expect("sink");
+        sink.set_property("passphrase", p);
+        // An enum (GstSRTKeyLength): 32 bytes = AES-256.
+        sink.set_property_from_str("pbkeylen", "32");
     }
     // Start on a keyframe: drop video until the first keyframe, and audio
     // until then too, so the output opens with a keyframe and timestamps
@@ -540,7 +473,7 @@ fn run_pipeline(
 }
 
 /// Parses a pipeline description; the guard sets it to NULL when dropped.
-pub(crate) fn parse(desc: &str) -> Result<(gst::Pipeline, PipelineGuard), String> {
+fn parse(desc: &str) -> Result<(gst::Pipeline, PipelineGuard), String> {
     let pipeline = gst::parse::launch(desc)
         .map_err(|e| format!("pipeline: {e}"))?
         .downcast::<gst::Pipeline>()
@@ -549,7 +482,7 @@ pub(crate) fn parse(desc: &str) -> Result<(gst::Pipeline, PipelineGuard), String
 }
 
 /// Sets the pipeline playing; its appsrc (named `src`) and its bus.
-pub(crate) fn play(pipeline: &gst::Pipeline) -> Result<(gst_app::AppSrc, gst::Bus), String> {
+fn play(pipeline: &gst::Pipeline) -> Result<(gst_app::AppSrc, gst::Bus), String> {
     let appsrc = pipeline
         .by_name("src")
         .expect("src")
@@ -562,7 +495,7 @@ pub(crate) fn play(pipeline: &gst::Pipeline) -> Result<(gst_app::AppSrc, gst::Bu
 }
 
 /// Adds the size of every buffer through `pad` to `bytes`.
-pub(crate) fn count_bytes(pad: &gst::Pad, bytes: &Arc<AtomicU64>) {
+fn count_bytes(pad: &gst::Pad, bytes: &Arc<AtomicU64>) {
     let b = bytes.clone();
     pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
         if let Some(buf) = info.buffer() {
@@ -573,7 +506,7 @@ pub(crate) fn count_bytes(pad: &gst::Pad, bytes: &Arc<AtomicU64>) {
 }
 
 /// Why the pipeline ended, if its bus says it did (error, or EOS from the far end).
-pub(crate) fn failure(bus: &gst::Bus) -> Option<String> {
+fn failure(bus: &gst::Bus) -> Option<String> {
     let m = bus.pop_filtered(&[gst::MessageType::Error, gst::MessageType::Eos])?;
     Some(match m.view() {
         gst::MessageView::Error(e) => {
@@ -587,7 +520,7 @@ pub(crate) fn failure(bus: &gst::Bus) -> Option<String> {
 
 /// Adds what reached the sink since the last call to the output's bytes;
 /// the first bytes make a connecting output live.
-pub(crate) fn progress(sh: &Shared, bytes: &AtomicU64, last_bytes: &mut u64) {
+fn progress(sh: &Shared, bytes: &AtomicU64, last_bytes: &mut u64) {
     let now_bytes = bytes.load(Ordering::Relaxed);
     if now_bytes > *last_bytes {
         sh.bytes
@@ -601,7 +534,7 @@ pub(crate) fn progress(sh: &Shared, bytes: &AtomicU64, last_bytes: &mut u64) {
 }
 
 /// Sets the pipeline to NULL however the run ends.
-pub(crate) struct PipelineGuard(pub(crate) gst::Pipeline);
+struct PipelineGuard(gst::Pipeline);
 impl Drop for PipelineGuard {
     fn drop(&mut self) {
         let _ = self.0.set_state(gst::State::Null);

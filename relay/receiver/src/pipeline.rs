@@ -1,4 +1,4 @@
-//! GStreamer pipeline descriptions per destination kind. Secrets (stream keys,
+//! GStreamer pipeline descriptions for the SRT, HLS and recording outputs. Secrets (stream keys,
 //! passphrases) are set as properties after parsing, never in the description,
 //! so a parse error can never echo them.
 
@@ -30,40 +30,14 @@ fn video_branch(codec: VideoCodec) -> String {
     )
 }
 
-/// Why an H.265 stream cannot go to RTMP.
-const NO_H265_RTMP: &str = "H.265 cannot be sent over RTMP with GStreamer 1.22 (no enhanced-RTMP muxer); \
-                            use SRT, HLS or a recording";
-
-/// The stream's one TS to FLV remux, shared by its RTMP destinations
-/// (`flv.rs`): FLV tags out of an appsink, stream headers in its caps.
-pub fn describe_remux(codec: VideoCodec) -> Result<String, String> {
-    if codec == VideoCodec::H265 {
-        return Err(NO_H265_RTMP.into());
-    }
-    Ok(format!(
-        "{SRC} ! {DEMUX} {} ! video/x-h264,stream-format=avc,alignment=au ! \
-         flvmux name=mux streamable=true latency=100000000 ! \
-         appsink name=out sync=false emit-signals=false {AUDIO} ! mux.",
-        video_branch(codec)
-    ))
-}
-
 /// A pipeline description for `dest`, or why this stream cannot go there.
 pub fn describe(dest: &Destination, codec: VideoCodec) -> Result<String, String> {
     let demux = DEMUX;
     let video = video_branch(codec);
     let audio = AUDIO;
     Ok(match dest {
-        // FLV tags from the shared remux; the caps (set by the output) carry
-        // the FLV header and codec headers rtmp2sink sends on connect.
-        Destination::Rtmp { .. } => {
-            if codec == VideoCodec::H265 {
-                return Err(NO_H265_RTMP.into());
-            }
-            "appsrc name=src is-live=true format=time max-bytes=4000000 block=false ! \
-             queue name=out ! rtmp2sink name=sink async-connect=false sync=false"
-                .to_string()
-        }
+        // RTMP is published by `rtmp.rs` from the Rust remux, not GStreamer.
+        Destination::Rtmp { .. } => return Err("RTMP has no GStreamer pipeline".into()),
         Destination::Srt { url, .. } => {
             format!(
                 "{SRC} ! queue name=out ! srtsink name=sink uri=\"{url}?mode=caller\" wait-for-connection=false sync=false"
@@ -103,6 +77,8 @@ pub struct Video {
     pub codec: VideoCodec,
     /// The PID its packets carry.
     pub pid: u16,
+    /// The PID of its ADTS AAC audio (stream type 0x0F), if it has one.
+    pub audio_pid: Option<u16>,
 }
 
 /// Finds the video stream in a TS datagram's PMT, if it holds one.
@@ -148,25 +124,24 @@ impl CodecProbe {
                 let info_len = usize::from(sec[10] & 0x0f) << 8 | usize::from(sec[11]);
                 let mut i = 12 + info_len;
                 let end = 3 + len.saturating_sub(4);
+                let (mut video, mut audio_pid) = (None, None);
                 while i + 5 <= end {
                     let pid = (u16::from(sec[i + 1] & 0x1f) << 8) | u16::from(sec[i + 2]);
                     match sec[i] {
-                        0x1B => {
-                            return Some(Video {
-                                codec: VideoCodec::H264,
-                                pid,
-                            });
-                        }
-                        0x24 => {
-                            return Some(Video {
-                                codec: VideoCodec::H265,
-                                pid,
-                            });
-                        }
+                        0x1B if video.is_none() => video = Some((VideoCodec::H264, pid)),
+                        0x24 if video.is_none() => video = Some((VideoCodec::H265, pid)),
+                        0x0F if audio_pid.is_none() => audio_pid = Some(pid),
                         _ => {}
                     }
                     let es_info = usize::from(sec[i + 3] & 0x0f) << 8 | usize::from(sec[i + 4]);
                     i += 5 + es_info;
+                }
+                if let Some((codec, pid)) = video {
+                    return Some(Video {
+                        codec,
+                        pid,
+                        audio_pid,
+                    });
                 }
             }
         }
@@ -194,28 +169,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rtmp_refuses_h265() {
-        let d = Destination::parse("rtmp://h/app/key", None).unwrap();
-        assert!(
-            describe(&d, VideoCodec::H264)
-                .unwrap()
-                .contains("rtmp2sink")
-        );
-        assert!(describe_remux(VideoCodec::H264).unwrap().contains("flvmux"));
-        assert!(describe_remux(VideoCodec::H265).is_err());
-        assert!(
-            describe(&d, VideoCodec::H265)
-                .unwrap_err()
-                .contains("H.265")
-        );
-        let desc = describe(&d, VideoCodec::H264).unwrap();
-        assert!(
-            !desc.contains("key"),
-            "secrets are set as properties: {desc}"
-        );
-    }
-
-    #[test]
     fn finds_video_in_a_real_pmt_and_cuts_at_access_units() {
         // PAT (program 1 -> PMT PID 0x1000) and PMT (H.264 on PID 0x100), as ffmpeg writes them.
         let mut pat = vec![
@@ -224,10 +177,11 @@ mod tests {
         pat.extend([0x00, 0x01, 0xf0, 0x00, 0, 0, 0, 0]);
         pat.resize(188, 0xff);
         let mut pmt = vec![
-            0x47, 0x50, 0x00, 0x10, 0x00, 0x02, 0xb0, 0x12, 0x00, 0x01, 0xc1, 0x00, 0x00,
+            0x47, 0x50, 0x00, 0x10, 0x00, 0x02, 0xb0, 0x17, 0x00, 0x01, 0xc1, 0x00, 0x00,
         ];
         pmt.extend([
-            0xe1, 0x00, 0xf0, 0x00, 0x1b, 0xe1, 0x00, 0xf0, 0x00, 0, 0, 0, 0,
+            0xe1, 0x00, 0xf0, 0x00, 0x1b, 0xe1, 0x00, 0xf0, 0x00, 0x0f, 0xe1, 0x01, 0xf0, 0x00, 0,
+            0, 0, 0,
         ]);
         pmt.resize(188, 0xff);
         let mut probe = CodecProbe::new();
@@ -236,7 +190,8 @@ mod tests {
             probe.feed(&pmt),
             Some(Video {
                 codec: VideoCodec::H264,
-                pid: 0x100
+                pid: 0x100,
+                audio_pid: Some(0x101),
             })
         );
         let mut start = vec![0x47, 0x41, 0x00, 0x10];
@@ -252,7 +207,6 @@ mod tests {
     fn every_kind_parses_in_gstreamer() {
         gstreamer::init().unwrap();
         for (u, codec) in [
-            ("rtmp://h/app/key", VideoCodec::H264),
             ("srt://127.0.0.1:9", VideoCodec::H265),
             ("hls:///tmp/strata-hls-test", VideoCodec::H264),
             ("record:///tmp/strata-rec-test", VideoCodec::H265),
@@ -261,7 +215,5 @@ mod tests {
             let desc = describe(&d, codec).unwrap();
             gstreamer::parse::launch(&desc).unwrap_or_else(|e| panic!("{u}: {e}\n{desc}"));
         }
-        let desc = describe_remux(VideoCodec::H264).unwrap();
-        gstreamer::parse::launch(&desc).unwrap_or_else(|e| panic!("remux: {e}\n{desc}"));
     }
 }

@@ -1,77 +1,443 @@
-//! One RTMP connection of an RTMP output, fed with FLV tags by the stream's
-//! shared remux (`flv.rs`): `appsrc ! queue ! rtmp2sink`, so each extra RTMP
-//! destination costs only the RTMP session itself.
+//! One RTMP or RTMPS connection of an RTMP output: it publishes the FLV tags
+//! of the stream's shared remux (`flv.rs`). rml_rtmp does the RTMP session
+//! (handshake, chunking, connect and publish commands); this module owns the
+//! socket, TLS (rustls, system roots or `SSL_CERT_FILE`) and the publishing
+//! loop. One blocking socket per output thread: a black-holed server blocks
+//! only this thread, for at most [`WRITE_TIMEOUT`], while its queue drops.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::io::{self, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
-use gstreamer as gst;
-use gstreamer::prelude::*;
+use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
+use rml_rtmp::sessions::{
+    ClientSession, ClientSessionConfig, ClientSessionError, ClientSessionEvent,
+    ClientSessionResult, PublishRequestType, StreamMetadata,
+};
+use rml_rtmp::time::RtmpTimestamp;
+use rustls::pki_types::ServerName;
+use url::Url;
 
-use crate::flv::is_keyframe_tag;
-use crate::output::{Shared, count_bytes, failure, parse, play, progress};
+use crate::flv::FlvFanout;
+use crate::output::{OutputState, Shared};
+use crate::pipeline::VideoCodec;
+use crate::remux::{Tag, TagKind};
 
-/// Runs one RTMP connection on FLV tags from the remux until it fails (Err)
-/// or the output is stopped (Ok). Each connection opens with the stream
-/// headers (the caps' streamheader, which rtmp2sink sends first) and then
-/// waits for a keyframe, so the far end can decode from its first frame.
+/// TCP connect, and then handshake plus connect plus publish, must each end within this.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const NEGOTIATE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A server that takes no data for this long is treated as gone.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the server's messages (acknowledgements, pings) are read while publishing.
+const READ_EVERY: Duration = Duration::from_millis(200);
+
+/// Whether RTMP can carry this video codec.
+pub(crate) fn supports(codec: VideoCodec) -> Result<(), String> {
+    match codec {
+        VideoCodec::H264 => Ok(()),
+        VideoCodec::H265 => Err(
+            "H.265 cannot be sent over RTMP here (no enhanced-RTMP support); \
+                                 use SRT, HLS or a recording"
+                .into(),
+        ),
+    }
+}
+
+/// An RTMP URL taken apart: the last path segment (and query) is the stream key.
+struct Target {
+    tls: bool,
+    host: String,
+    port: u16,
+    app: String,
+    key: String,
+    tc_url: String,
+}
+
+impl Target {
+    fn parse(url: &str) -> Result<Self, String> {
+        let u = Url::parse(url).map_err(|_| "unparsable RTMP URL".to_string())?;
+        let tls = u.scheme() == "rtmps";
+        let host = u.host_str().unwrap_or_default().to_string();
+        let port = u.port().unwrap_or(if tls { 443 } else { 1935 });
+        let path = u.path().trim_matches('/');
+        let (app, key) = path
+            .rsplit_once('/')
+            .ok_or_else(|| "expected rtmp://host/app/stream-key".to_string())?;
+        let key = match u.query() {
+            Some(q) => format!("{key}?{q}"),
+            None => key.to_string(),
+        };
+        let shown_port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+        Ok(Self {
+            tc_url: format!("{}://{host}{shown_port}/{app}", u.scheme()),
+            tls,
+            host,
+            port,
+            app: app.to_string(),
+            key,
+        })
+    }
+}
+
+/// The connection: plain TCP or TLS over it.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Conn {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Conn::Plain(s) => s,
+            Conn::Tls(s) => s.get_ref(),
+        }
+    }
+
+    /// Reads what the server sent, if anything, without waiting.
+    fn read_ready(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        self.tcp().set_nonblocking(true)?;
+        let r = self.read(buf);
+        self.tcp().set_nonblocking(false)?;
+        match r {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.read(buf),
+            Conn::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.write(buf),
+            Conn::Tls(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Conn::Plain(s) => s.flush(),
+            Conn::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// The TLS client setup, made once: the system's CA roots (or `SSL_CERT_FILE`).
+fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
+    static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(c);
+            }
+            if roots.is_empty() {
+                return Err("RTMPS: no CA certificates found (install ca-certificates, \
+                            or set SSL_CERT_FILE)"
+                    .into());
+            }
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map(|b| Arc::new(b.with_root_certificates(roots).with_no_client_auth()))
+                .map_err(|e| format!("RTMPS: {e}"))
+        })
+        .clone()
+}
+
+fn connect(t: &Target) -> Result<Conn, String> {
+    let addrs: Vec<_> = (t.host.as_str(), t.port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {}: {e}", t.host))?
+        .collect();
+    let mut last = format!("{} has no address", t.host);
+    let tcp = addrs
+        .iter()
+        .find_map(|a| match TcpStream::connect_timeout(a, CONNECT_TIMEOUT) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                last = format!("cannot connect to {a}: {e}");
+                None
+            }
+        })
+        .ok_or(last)?;
+    let _ = tcp.set_nodelay(true);
+    tcp.set_write_timeout(Some(WRITE_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    if !t.tls {
+        return Ok(Conn::Plain(tcp));
+    }
+    let name = ServerName::try_from(t.host.clone()).map_err(|e| format!("RTMPS: {e}"))?;
+    let tls = rustls::ClientConnection::new(tls_config()?, name).map_err(|e| e.to_string())?;
+    Ok(Conn::Tls(Box::new(rustls::StreamOwned::new(tls, tcp))))
+}
+
+/// Sends the session's packets; hands back its events. Returns bytes written.
+fn apply(
+    conn: &mut Conn,
+    results: Vec<ClientSessionResult>,
+    events: &mut Vec<ClientSessionEvent>,
+) -> Result<u64, String> {
+    let mut n = 0;
+    for r in results {
+        match r {
+            ClientSessionResult::OutboundResponse(p) => {
+                conn.write_all(&p.bytes).map_err(write_error)?;
+                n += p.bytes.len() as u64;
+            }
+            ClientSessionResult::RaisedEvent(e) => events.push(e),
+            ClientSessionResult::UnhandleableMessageReceived(_) => {}
+        }
+    }
+    conn.flush().map_err(write_error)?;
+    Ok(n)
+}
+
+fn write_error(e: io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+            format!("destination took no data for {} s", WRITE_TIMEOUT.as_secs())
+        }
+        _ => format!("write: {e}"),
+    }
+}
+
+/// Reads until the server sent something or the deadline passed.
+fn read_until(conn: &mut Conn, buf: &mut [u8], deadline: Instant) -> Result<usize, String> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(format!(
+            "no answer from the server within {} s",
+            NEGOTIATE_TIMEOUT.as_secs()
+        ));
+    }
+    conn.tcp()
+        .set_read_timeout(Some(left))
+        .map_err(|e| e.to_string())?;
+    match conn.read(buf) {
+        Ok(0) => Err("the server closed the connection".into()),
+        Ok(n) => Ok(n),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            Err(format!(
+                "no answer from the server within {} s",
+                NEGOTIATE_TIMEOUT.as_secs()
+            ))
+        }
+        Err(e) => Err(format!("read: {e}")),
+    }
+}
+
+/// Handshake, connect to the app, publish the key: a session ready for data.
+fn negotiate(conn: &mut Conn, t: &Target) -> Result<ClientSession, String> {
+    let deadline = Instant::now() + NEGOTIATE_TIMEOUT;
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut hs = Handshake::new(PeerType::Client);
+    let p0p1 = hs
+        .generate_outbound_p0_and_p1()
+        .map_err(|e| format!("RTMP handshake: {e:?}"))?;
+    conn.write_all(&p0p1).map_err(write_error)?;
+    let rest = loop {
+        let n = read_until(conn, &mut buf, deadline)?;
+        match hs.process_bytes(&buf[..n]) {
+            Ok(HandshakeProcessResult::InProgress { response_bytes }) => {
+                conn.write_all(&response_bytes).map_err(write_error)?;
+            }
+            Ok(HandshakeProcessResult::Completed {
+                response_bytes,
+                remaining_bytes,
+            }) => {
+                conn.write_all(&response_bytes).map_err(write_error)?;
+                break remaining_bytes;
+            }
+            Err(e) => return Err(format!("RTMP handshake failed: {e:?}")),
+        }
+    };
+    let mut config = ClientSessionConfig::new();
+    config.tc_url = Some(t.tc_url.clone());
+    config.flash_version = "FMLE/3.0 (compatible; strata-receiver)".into();
+    let session_error = |e: ClientSessionError| format!("RTMP session: {e}");
+    let (mut session, first) = ClientSession::new(config).map_err(session_error)?;
+    let mut events = Vec::new();
+    apply(conn, first, &mut events)?;
+    let r = session
+        .request_connection(t.app.clone())
+        .map_err(session_error)?;
+    apply(conn, vec![r], &mut events)?;
+    let mut input = rest;
+    let mut publishing_asked = false;
+    loop {
+        if !input.is_empty() {
+            let results = session.handle_input(&input).map_err(|e| match e {
+                ClientSessionError::CreateStreamFailed => {
+                    "the server refused to create a stream".to_string()
+                }
+                e => session_error(e),
+            })?;
+            apply(conn, results, &mut events)?;
+        }
+        for e in events.drain(..) {
+            match e {
+                ClientSessionEvent::ConnectionRequestAccepted if !publishing_asked => {
+                    publishing_asked = true;
+                    let r = session
+                        .request_publishing(t.key.clone(), PublishRequestType::Live)
+                        .map_err(session_error)?;
+                    let mut more = Vec::new();
+                    apply(conn, vec![r], &mut more)?;
+                }
+                ClientSessionEvent::PublishRequestAccepted => return Ok(session),
+                ClientSessionEvent::ConnectionRequestRejected { description } => {
+                    return Err(format!("the server refused app {:?}: {description}", t.app));
+                }
+                ClientSessionEvent::UnhandleableOnStatusCode { code } => {
+                    return Err(format!("the server refused to publish: {code}"));
+                }
+                _ => {}
+            }
+        }
+        let n = read_until(conn, &mut buf, deadline)?;
+        input = buf[..n].to_vec();
+    }
+}
+
+/// Runs one RTMP connection on tags from the remux until it fails (Err) or
+/// the output is stopped (Ok). It opens with metadata and the latest codec
+/// headers, then starts on a keyframe with its timestamps from 0.
 pub(crate) fn run(
-    desc: &str,
     url: &str,
-    rx: &Receiver<gst::Sample>,
+    rx: &Receiver<Tag>,
+    fan: &FlvFanout,
     sh: &Shared,
 ) -> Result<(), String> {
-    let (pipeline, guard) = parse(desc)?;
-    pipeline
-        .by_name("sink")
-        .expect("sink")
-        .set_property("location", url);
-    let bytes = Arc::new(AtomicU64::new(0));
-    let out = pipeline.by_name("out").and_then(|q| q.static_pad("src"));
-    count_bytes(&out.expect("out queue"), &bytes);
-    let (appsrc, bus) = play(&pipeline)?;
-    let mut last_bytes = 0;
-    let mut caps: Option<gst::Caps> = None;
-    let mut keyframe_seen = false;
+    let t = Target::parse(url)?;
+    let mut conn = connect(&t)?;
+    let mut session = negotiate(&mut conn, &t)?;
+    let mut events = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut next_read = Instant::now() + READ_EVERY;
+    // The first keyframe's time, and the last time sent per kind (kept monotonic).
+    let mut base: Option<i64> = None;
+    let mut last = [0u32; 2];
+    let session_error = |e: ClientSessionError| format!("RTMP session: {e}");
     loop {
         if sh.stop.load(Ordering::Relaxed) {
-            let _ = appsrc.end_of_stream();
-            let _ = bus.timed_pop_filtered(
-                gst::ClockTime::from_seconds(5),
-                &[gst::MessageType::Eos, gst::MessageType::Error],
-            );
-            drop(guard);
-            sh.bytes.fetch_add(
-                bytes.load(Ordering::Relaxed) - last_bytes,
-                Ordering::Relaxed,
-            );
+            if let Ok(r) = session.stop_publishing() {
+                let _ = apply(&mut conn, r, &mut events);
+            }
             return Ok(());
         }
+        let mut send = Vec::new();
         match rx.recv_timeout(Duration::from_millis(20)) {
-            Ok(sample) => {
-                if let Some(buf) = sample.buffer_owned() {
-                    if !keyframe_seen {
-                        keyframe_seen = buf.map_readable().is_ok_and(|m| is_keyframe_tag(&m));
+            Ok(tag) => match base {
+                None if tag.kind == TagKind::Video && tag.keyframe => {
+                    let h = fan.headers();
+                    base = Some(tag.ts_ms);
+                    let mut meta = StreamMetadata::new();
+                    meta.video_codec_id = Some(7);
+                    meta.encoder = Some("strata-receiver".into());
+                    if let Some(a) = h.audio_info {
+                        meta.audio_codec_id = Some(10);
+                        meta.audio_sample_rate = Some(a.rate);
+                        meta.audio_channels = Some(u32::from(a.channels));
+                        meta.audio_is_stereo = Some(a.channels == 2);
                     }
-                    if keyframe_seen {
-                        if let Some(c) = sample.caps_owned()
-                            && caps.as_ref() != Some(&c)
-                        {
-                            appsrc.set_caps(Some(&c));
-                            caps = Some(c);
-                        }
-                        let _ = appsrc.push_buffer(buf);
+                    send.push(session.publish_metadata(&meta).map_err(session_error)?);
+                    for hdr in [h.video, h.audio].into_iter().flatten() {
+                        send.push(publish(&mut session, &hdr, 0)?);
                     }
+                    send.push(publish(&mut session, &tag, 0)?);
                 }
-            }
+                None => {} // not started: wait for a keyframe
+                Some(b) if tag.ts_ms >= b => {
+                    let i = usize::from(tag.kind == TagKind::Video);
+                    let ts = u32::try_from(tag.ts_ms - b)
+                        .unwrap_or(u32::MAX)
+                        .max(last[i]);
+                    last[i] = ts;
+                    send.push(publish(&mut session, &tag, ts)?);
+                }
+                Some(_) => {} // audio from before the first keyframe
+            },
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return Ok(()),
         }
-        if let Some(why) = failure(&bus) {
-            return Err(why);
+        if !send.is_empty() {
+            let n = apply(&mut conn, send, &mut events)?;
+            sh.bytes.fetch_add(n, Ordering::Relaxed);
+            let mut s = sh.state.lock().expect("state lock");
+            if *s == OutputState::Connecting {
+                *s = OutputState::Live;
+            }
         }
-        progress(sh, &bytes, &mut last_bytes);
+        if Instant::now() >= next_read {
+            next_read = Instant::now() + READ_EVERY;
+            match conn.read_ready(&mut buf) {
+                Ok(Some(0)) => return Err("the server closed the connection".into()),
+                Ok(Some(n)) => {
+                    let r = session.handle_input(&buf[..n]).map_err(session_error)?;
+                    apply(&mut conn, r, &mut events)?;
+                    for e in events.drain(..) {
+                        if let ClientSessionEvent::UnhandleableOnStatusCode { code } = e {
+                            tracing::debug!("server status while publishing: {code}");
+                        }
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => return Err(format!("read: {e}")),
+            }
+        }
+    }
+}
+
+fn publish(s: &mut ClientSession, tag: &Tag, ts: u32) -> Result<ClientSessionResult, String> {
+    let ts = RtmpTimestamp::new(ts);
+    match tag.kind {
+        TagKind::Video => s.publish_video_data(tag.body.clone(), ts, false),
+        TagKind::Audio => s.publish_audio_data(tag.body.clone(), ts, false),
+    }
+    .map_err(|e| format!("RTMP session: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_path_segment_and_query_are_the_key() {
+        let t = Target::parse("rtmp://a.rtmp.youtube.com/live2/abcd-efgh").unwrap();
+        assert_eq!(
+            (t.host.as_str(), t.port, t.tls),
+            ("a.rtmp.youtube.com", 1935, false)
+        );
+        assert_eq!((t.app.as_str(), t.key.as_str()), ("live2", "abcd-efgh"));
+        assert_eq!(t.tc_url, "rtmp://a.rtmp.youtube.com/live2");
+        let t = Target::parse("rtmps://h:4443/app/inst/key?auth=1").unwrap();
+        assert_eq!((t.port, t.tls), (4443, true));
+        assert_eq!((t.app.as_str(), t.key.as_str()), ("app/inst", "key?auth=1"));
+        assert_eq!(t.tc_url, "rtmps://h:4443/app/inst");
+        assert!(!t.tc_url.contains("key"), "the key is not in the tcUrl");
+        assert!(Target::parse("rtmp://h/justapp").is_err());
+    }
+
+    #[test]
+    fn h265_is_refused() {
+        assert!(supports(VideoCodec::H264).is_ok());
+        assert!(supports(VideoCodec::H265).unwrap_err().contains("H.265"));
     }
 }

@@ -13,8 +13,9 @@ use strata_rist::{BondedReceiver, Psk, ReceiverConfig};
 use crate::control::{Command, ControlSocket};
 use crate::destination::{Destination, DestinationSpec};
 use crate::flv::FlvFanout;
-use crate::output::{Output, OutputEvent, Remux};
-use crate::pipeline::{CodecProbe, Video};
+use crate::output::{Output, OutputEvent};
+use crate::pipeline::{CodecProbe, Video, VideoCodec};
+use crate::remux::TsToFlv;
 
 /// Everything a worker needs to start.
 pub struct WorkerConfig {
@@ -45,8 +46,8 @@ pub enum StopReason {
 
 struct Input {
     outputs: Mutex<Vec<Output>>,
-    /// The TS to FLV remux, while there is an RTMP output.
-    remux: Mutex<Option<Remux>>,
+    /// The TS to FLV remux, while there is an RTMP output (run on the input's thread).
+    remux: Mutex<Option<TsToFlv>>,
     /// Its RTMP outputs.
     flv: Arc<FlvFanout>,
     video: Arc<OnceLock<Video>>,
@@ -171,8 +172,6 @@ pub fn run(
     for o in outputs {
         o.stop();
     }
-    let remux = input.remux.lock().expect("remux lock").take();
-    drop(remux);
     socket.emit(stats(&cfg, &rx, &input), false);
     Ok(reason)
 }
@@ -195,38 +194,21 @@ fn on_input(input: &Input, probe: &Mutex<CodecProbe>, d: &[u8]) {
     for o in input.outputs.lock().expect("outputs lock").iter() {
         o.push(&d);
     }
-    if let Some(r) = input.remux.lock().expect("remux lock").as_ref() {
-        r.push(&d);
+    // The FLV remux is cheap (a copy into one buffer per frame, no thread) and
+    // never waits: its tags go to each RTMP output's queue with try_send.
+    let mut remux = input.remux.lock().expect("remux lock");
+    match input.video.get() {
+        Some(v) if v.codec == VideoCodec::H264 && !input.flv.is_empty() => remux
+            .get_or_insert_with(|| TsToFlv::new(v.pid, v.audio_pid))
+            .feed(&d, &mut |tag| input.flv.broadcast(&tag)),
+        _ => *remux = None,
     }
 }
 
 impl Input {
-    /// Starts an output; the first RTMP one starts the shared remux.
+    /// Starts an output; an RTMP one subscribes to the FLV tags.
     fn start(&self, id: String, d: Destination, events: &Sender<OutputEvent>) -> Output {
-        if matches!(d, Destination::Rtmp { .. }) {
-            let mut remux = self.remux.lock().expect("remux lock");
-            if remux.is_none() {
-                *remux = Some(Remux::start(self.video.clone(), self.flv.clone()));
-            }
-        }
         Output::start(id, d, self.video.clone(), events.clone(), &self.flv)
-    }
-
-    /// Stops the remux once no RTMP output is left. Called without the
-    /// outputs lock: stopping takes up to seconds, and the input must not wait.
-    fn prune_remux(&self) {
-        let none_left = !self
-            .outputs
-            .lock()
-            .expect("outputs lock")
-            .iter()
-            .any(Output::is_rtmp);
-        let gone = if none_left {
-            self.remux.lock().expect("remux lock").take()
-        } else {
-            None
-        };
-        drop(gone);
     }
 }
 
@@ -254,7 +236,6 @@ fn apply(c: Command, input: &Input, events: &Sender<OutputEvent>) -> Result<Stri
             let o = outs.remove(i);
             drop(outs);
             o.stop();
-            input.prune_remux();
             Ok(format!("output {id} removed"))
         }
         Command::UpdateForward {
@@ -281,7 +262,6 @@ fn apply(c: Command, input: &Input, events: &Sender<OutputEvent>) -> Result<Stri
             let old = std::mem::replace(&mut outs[i], new);
             drop(outs);
             old.stop();
-            input.prune_remux();
             Ok(format!("output {id} now goes to {shown}"))
         }
         Command::Stop | Command::Stats => Ok(String::new()),
