@@ -150,9 +150,7 @@ impl TsToFlv {
             }
             pes.cc = Some(cc);
             if start {
-                let done = std::mem::take(&mut pes.buf);
-                let broken = std::mem::replace(&mut pes.broken, false);
-                self.finish(is_video, done, broken, out);
+                self.finish(is_video, out);
             }
             let pes = if is_video {
                 &mut self.video
@@ -172,24 +170,40 @@ impl TsToFlv {
             if pes.buf.len() >= 6 {
                 let len = usize::from(u16::from_be_bytes([pes.buf[4], pes.buf[5]]));
                 if len != 0 && pes.buf.len() >= 6 + len {
-                    let done = std::mem::take(&mut pes.buf);
-                    let broken = std::mem::replace(&mut pes.broken, false);
-                    self.finish(is_video, done, broken, out);
+                    self.finish(is_video, out);
                 }
             }
         }
     }
 
-    /// Turns one whole PES into tags.
-    fn finish(&mut self, is_video: bool, pes: Vec<u8>, broken: bool, out: &mut impl FnMut(Tag)) {
-        if pes.is_empty() {
-            return;
+    /// Turns the PES being gathered into tags, and empties it (keeping its
+    /// buffer: a video PES is tens of kB, and reallocating it each frame showed).
+    fn finish(&mut self, is_video: bool, out: &mut impl FnMut(Tag)) {
+        let pes = if is_video {
+            &mut self.video
+        } else {
+            &mut self.audio
+        };
+        let buf = std::mem::take(&mut pes.buf);
+        let broken = std::mem::replace(&mut pes.broken, false);
+        if !buf.is_empty() {
+            self.pes_to_tags(is_video, &buf, broken, out);
         }
+        let pes = if is_video {
+            &mut self.video
+        } else {
+            &mut self.audio
+        };
+        pes.buf = buf;
+        pes.buf.clear();
+    }
+
+    fn pes_to_tags(&mut self, is_video: bool, pes: &[u8], broken: bool, out: &mut impl FnMut(Tag)) {
         if broken {
             self.dropped += 1;
             return;
         }
-        let Some((pts, dts, payload)) = parse_pes(&pes) else {
+        let Some((pts, dts, payload)) = parse_pes(pes) else {
             self.dropped += 1;
             return;
         };
@@ -372,29 +386,27 @@ fn ts90k(b: &[u8]) -> i64 {
 
 /// The NAL units of an Annex B byte stream (start codes removed).
 fn annexb_nals(data: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let mut starts = Vec::new();
-    let mut i = 0;
-    while i + 3 <= data.len() {
-        if data[i] == 0 && data[i + 1] == 0 && data[i + 2] == 1 {
-            starts.push(i + 3);
-            i += 3;
-        } else {
-            i += 1;
-        }
+    /// Where the next start code begins, at or after `from`.
+    fn next_start(data: &[u8], from: usize) -> Option<usize> {
+        data.get(from..)?
+            .windows(3)
+            .position(|w| w == [0, 0, 1])
+            .map(|i| from + i)
     }
-    let ends: Vec<usize> = starts
-        .iter()
-        .skip(1)
-        .map(|&s| s - 3)
-        .chain(std::iter::once(data.len()))
-        .collect();
-    starts.into_iter().zip(ends).filter_map(move |(s, e)| {
-        // A 4-byte start code leaves a zero at the end of the previous NAL.
-        let mut e = e;
-        while e > s && data[e - 1] == 0 {
-            e -= 1;
+    let mut at = next_start(data, 0);
+    std::iter::from_fn(move || {
+        loop {
+            let s = at? + 3;
+            at = next_start(data, s);
+            // A 4-byte start code leaves a zero at the end of the previous NAL.
+            let mut e = at.unwrap_or(data.len());
+            while e > s && data[e - 1] == 0 {
+                e -= 1;
+            }
+            if e > s {
+                return Some(&data[s..e]);
+            }
         }
-        (e > s).then(|| &data[s..e])
     })
 }
 

@@ -334,6 +334,8 @@ pub(crate) fn run(
     // The first keyframe's time, and the last time sent per kind (kept monotonic).
     let mut base: Option<i64> = None;
     let mut last = [0u32; 2];
+    // After tags were dropped from the queue: skip to the next keyframe.
+    let mut waiting = false;
     let session_error = |e: ClientSessionError| format!("RTMP session: {e}");
     loop {
         if sh.stop.load(Ordering::Relaxed) {
@@ -342,8 +344,12 @@ pub(crate) fn run(
             }
             return Ok(());
         }
+        if sh.gap.swap(false, Ordering::Relaxed) && base.is_some() {
+            waiting = true;
+        }
         let mut send = Vec::new();
         match rx.recv_timeout(Duration::from_millis(20)) {
+            Ok(tag) if waiting && !(tag.kind == TagKind::Video && tag.keyframe) => {}
             Ok(tag) => match base {
                 None if tag.kind == TagKind::Video && tag.keyframe => {
                     let h = fan.headers();
@@ -365,6 +371,7 @@ pub(crate) fn run(
                 }
                 None => {} // not started: wait for a keyframe
                 Some(b) if tag.ts_ms >= b => {
+                    waiting = false;
                     let i = usize::from(tag.kind == TagKind::Video);
                     let ts = u32::try_from(tag.ts_ms - b)
                         .unwrap_or(u32::MAX)

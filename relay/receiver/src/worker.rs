@@ -190,17 +190,21 @@ fn on_input(input: &Input, probe: &Mutex<CodecProbe>, d: &[u8]) {
         tracing::info!(codec = ?v.codec, pid = v.pid, "input video");
         let _ = input.video.set(v);
     }
-    let d: Arc<[u8]> = d.into();
-    for o in input.outputs.lock().expect("outputs lock").iter() {
-        o.push(&d);
+    let outputs = input.outputs.lock().expect("outputs lock");
+    if outputs.iter().any(Output::takes_ts) {
+        let d: Arc<[u8]> = d.into();
+        for o in outputs.iter() {
+            o.push(&d);
+        }
     }
+    drop(outputs);
     // The FLV remux is cheap (a copy into one buffer per frame, no thread) and
     // never waits: its tags go to each RTMP output's queue with try_send.
     let mut remux = input.remux.lock().expect("remux lock");
     match input.video.get() {
         Some(v) if v.codec == VideoCodec::H264 && !input.flv.is_empty() => remux
             .get_or_insert_with(|| TsToFlv::new(v.pid, v.audio_pid))
-            .feed(&d, &mut |tag| input.flv.broadcast(&tag)),
+            .feed(d, &mut |tag| input.flv.broadcast(&tag)),
         _ => *remux = None,
     }
 }

@@ -102,6 +102,13 @@ pub struct Nginx {
 
 impl Nginx {
     pub fn start(dir: &Path, port: u16) -> Self {
+        Self::start_with_tls(dir, port, None)
+    }
+
+    /// Also terminates TLS on `tls.0` (nginx's stream module, certificate and
+    /// key files `tls.1` and `tls.2`) in front of the RTMP port, as RTMPS
+    /// ingests are commonly run.
+    pub fn start_with_tls(dir: &Path, port: u16, tls: Option<(u16, &Path, &Path)>) -> Self {
         std::fs::create_dir_all(dir.join("rec")).unwrap();
         std::fs::create_dir_all(dir.join("logs")).unwrap();
         let conf = format!(
@@ -112,6 +119,16 @@ impl Nginx {
                application live {{ live on; record all; record_path {d}/rec; record_unique on; }} }} }}\n",
             d = dir.display()
         );
+        let conf = match tls {
+            None => conf,
+            Some((tls_port, cert, key)) => format!(
+                "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n{conf}\
+                 stream {{ server {{ listen 127.0.0.1:{tls_port} ssl; ssl_certificate {};\n\
+                 ssl_certificate_key {}; proxy_pass 127.0.0.1:{port}; }} }}\n",
+                cert.display(),
+                key.display()
+            ),
+        };
         std::fs::write(dir.join("nginx.conf"), conf).unwrap();
         let mut me = Self {
             port,
@@ -186,6 +203,17 @@ pub struct Worker {
 impl Worker {
     /// Starts the worker with `outputs` (JSON array) in a 0600 secrets file.
     pub fn start(dir: &Path, nports: usize, outputs: &str, extra: &[&str]) -> Self {
+        Self::start_env(dir, nports, outputs, extra, &[])
+    }
+
+    /// The same, with extra environment variables for the worker.
+    pub fn start_env(
+        dir: &Path,
+        nports: usize,
+        outputs: &str,
+        extra: &[&str],
+        env: &[(&str, &Path)],
+    ) -> Self {
         let ports: Vec<u16> = (0..nports).map(|_| free_udp_port()).collect();
         let secrets = dir.join("secrets.json");
         std::fs::write(
@@ -217,6 +245,7 @@ impl Worker {
             .arg("--secrets-file")
             .arg(&secrets)
             .args(extra)
+            .envs(env.iter().copied())
             // STRATA_TEST_VERBOSE=1 shows the worker's log.
             .stderr(if std::env::var_os("STRATA_TEST_VERBOSE").is_some() {
                 Stdio::inherit()
