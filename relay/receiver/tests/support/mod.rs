@@ -174,6 +174,14 @@ impl Nginx {
         }
     }
 
+    /// The one recording nginx made (a stream without a break), and its length in s.
+    pub fn only_recording(&self) -> (PathBuf, f64) {
+        let r = self.recordings();
+        assert_eq!(r.len(), 1, "one recording without a break: {r:?}");
+        let dur = probe(&r[0]).1;
+        (r[0].clone(), dur)
+    }
+
     /// The recorded FLV files, oldest first.
     pub fn recordings(&self) -> Vec<PathBuf> {
         let mut v: Vec<_> = std::fs::read_dir(self.dir.join("rec"))
@@ -318,6 +326,17 @@ impl Worker {
 
     pub fn send(&mut self, cmd: &str) {
         writeln!(self.writer, "{cmd}").unwrap();
+    }
+
+    /// Asserts that output `i` never reconnected nor dropped anything, then
+    /// stops the worker and waits for its `stopped` event.
+    pub fn stop_with_output_untouched(&mut self, i: usize) {
+        let stats = self.latest_stats();
+        assert_eq!(stats["outputs"][i]["reconnects"], 0, "{stats}");
+        assert_eq!(stats["outputs"][i]["dropped"], 0, "{stats}");
+        self.send(r#"{"cmd":"stop"}"#);
+        self.wait_event("stopped", Duration::from_secs(15))
+            .expect("stopped");
     }
 }
 
