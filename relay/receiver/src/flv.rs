@@ -21,6 +21,8 @@ struct Subscriber {
     id: String,
     tx: SyncSender<Tag>,
     on_drop: OnDrop,
+    /// A tag was dropped for it: the next one it gets is marked `after_gap`.
+    lost: bool,
 }
 
 /// The codec headers a connection opens with.
@@ -56,6 +58,7 @@ impl FlvFanout {
             id: id.to_string(),
             tx,
             on_drop,
+            lost: false,
         });
         rx
     }
@@ -86,17 +89,22 @@ impl FlvFanout {
                 }
             }
         }
-        self.subs
-            .lock()
-            .expect("subscribers lock")
-            .retain(|s| match s.tx.try_send(tag.clone()) {
-                Ok(()) => true,
+        self.subs.lock().expect("subscribers lock").retain_mut(|s| {
+            let mut t = tag.clone();
+            t.after_gap = s.lost;
+            match s.tx.try_send(t) {
+                Ok(()) => {
+                    s.lost = false;
+                    true
+                }
                 Err(TrySendError::Full(_)) => {
+                    s.lost = true;
                     (s.on_drop)();
                     true
                 }
                 Err(TrySendError::Disconnected(_)) => false,
-            });
+            }
+        });
     }
 }
 
@@ -113,6 +121,7 @@ mod tests {
             body: bytes::Bytes::from_static(&[0x17, 1, 0, 0, 0]),
             header,
             keyframe: !header,
+            after_gap: false,
         }
     }
 
@@ -132,7 +141,16 @@ mod tests {
         }
         assert_eq!(drops.load(Ordering::Relaxed), 10);
         assert_eq!(fan.subs.lock().unwrap().len(), 1, "the gone one is removed");
-        assert_eq!(slow.try_iter().count(), QUEUE_TAGS);
+        let got: Vec<_> = slow.try_iter().collect();
+        assert_eq!(got.len(), QUEUE_TAGS);
+        assert!(got.iter().all(|t| !t.after_gap));
+        fan.broadcast(&tag(false));
+        assert!(
+            slow.try_recv().unwrap().after_gap,
+            "the first tag after the drops says so"
+        );
+        fan.broadcast(&tag(false));
+        assert!(!slow.try_recv().unwrap().after_gap);
     }
 
     #[test]

@@ -87,9 +87,6 @@ pub(crate) struct Shared {
     pub(crate) bytes: AtomicU64,
     pub(crate) reconnects: AtomicU64,
     pub(crate) dropped: AtomicU64,
-    /// Set when the queue dropped something: an RTMP connection then skips to
-    /// the next keyframe rather than send frames that reference lost ones.
-    pub(crate) gap: AtomicBool,
     pub(crate) last_error: Mutex<Option<String>>,
     pub(crate) stop: AtomicBool,
     pub(crate) rate: Mutex<(Instant, u64, f64)>,
@@ -102,7 +99,6 @@ impl Shared {
             bytes: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
-            gap: AtomicBool::new(false),
             last_error: Mutex::new(None),
             stop: AtomicBool::new(false),
             rate: Mutex::new((Instant::now(), 0, 0.0)),
@@ -149,10 +145,7 @@ impl Runner {
             let sh = shared.clone();
             flv.subscribe(
                 &name,
-                Arc::new(move || {
-                    sh.dropped.fetch_add(1, Ordering::Relaxed);
-                    sh.gap.store(true, Ordering::Relaxed);
-                }),
+                Arc::new(move || _ = sh.dropped.fetch_add(1, Ordering::Relaxed)),
             )
         });
         let fan = flv.clone();

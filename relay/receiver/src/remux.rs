@@ -13,6 +13,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 /// 33-bit MPEG timestamps wrap at this value (90 kHz, about 26.5 h).
 const WRAP: i64 = 1 << 33;
+/// A decode time this far back (1 s) or forward (10 s) of the stream's last
+/// one starts a new timeline (90 kHz).
+const JUMP_BACK: i64 = 90_000;
+const JUMP_FORWARD: i64 = 900_000;
 /// A PES larger than this is broken input; it is dropped.
 const MAX_PES: usize = 4 << 20;
 /// One stream may run this far (ms) ahead of the other before it is sent
@@ -41,6 +45,9 @@ pub struct Tag {
     pub header: bool,
     /// A video keyframe (IDR access unit).
     pub keyframe: bool,
+    /// Set on a destination's copy when tags before it were dropped from
+    /// that destination's queue (`flv.rs`).
+    pub after_gap: bool,
 }
 
 /// What the audio stream is, for RTMP metadata.
@@ -87,6 +94,12 @@ pub struct TsToFlv {
     base: Option<i64>,
     /// Last unwrapped time, to follow 33-bit wraps.
     last: Option<i64>,
+    /// Added to every time (90 kHz): how a new timeline is joined to the old.
+    offset: i64,
+    /// Last decode time per stream (audio, video), offset applied.
+    last_dts: [Option<i64>; 2],
+    /// Times the input's timeline jumped (an encoder restart, a splice).
+    pub jumps: u64,
     sps: Vec<u8>,
     pps: Vec<u8>,
     asc: Option<[u8; 2]>,
@@ -107,6 +120,9 @@ impl TsToFlv {
             audio: Pes::default(),
             base: None,
             last: None,
+            offset: 0,
+            last_dts: [None, None],
+            jumps: 0,
             sps: Vec::new(),
             pps: Vec::new(),
             asc: None,
@@ -207,8 +223,21 @@ impl TsToFlv {
             self.dropped += 1;
             return;
         };
-        let dts = self.unwrap(dts);
-        let pts = dts + (pts - dts).rem_euclid(WRAP);
+        let cts = (pts - dts).rem_euclid(WRAP);
+        let mut dts = self.unwrap(dts) + self.offset;
+        let i = usize::from(is_video);
+        if let Some(prev) = self.last_dts[i]
+            && !(-JUMP_BACK..=JUMP_FORWARD).contains(&(dts - prev))
+        {
+            // A new timeline (the encoder restarted, a splice): carry on one
+            // frame after the old one, so every destination's time keeps going.
+            let next = prev + if is_video { 3000 } else { 1920 };
+            self.offset += next - dts;
+            dts = next;
+            self.jumps += 1;
+        }
+        self.last_dts[i] = Some(dts);
+        let pts = dts + cts;
         let base = *self.base.get_or_insert(dts);
         let ms = |t: i64| (t - base).div_euclid(90);
         if is_video {
@@ -268,6 +297,7 @@ impl TsToFlv {
                 body: avc_sequence_header(&self.sps, &self.pps),
                 header: true,
                 keyframe: false,
+                after_gap: false,
             });
         }
         let size: usize = nals.iter().map(|n| n.len() + 4).sum();
@@ -286,6 +316,7 @@ impl TsToFlv {
             body: body.freeze(),
             header: false,
             keyframe,
+            after_gap: false,
         });
     }
 
@@ -310,6 +341,7 @@ impl TsToFlv {
                     body: body.freeze(),
                     header: true,
                     keyframe: false,
+                    after_gap: false,
                 });
             }
             let mut body = BytesMut::with_capacity(2 + frame.len());
@@ -322,6 +354,7 @@ impl TsToFlv {
                 body: body.freeze(),
                 header: false,
                 keyframe: false,
+                after_gap: false,
             });
             data = &data[adts.frame_len..];
             n += 1;
@@ -606,6 +639,44 @@ mod tests {
             .count();
         // The last access unit waits for a next PES start that never comes.
         assert!((99..=100).contains(&frames), "{frames} of 100 frames");
+    }
+
+    #[test]
+    fn a_timeline_that_jumps_back_carries_on_forward() {
+        // Video PES with PTS only: 10 s, 10.033 s, then an encoder restart at 0.
+        fn pes(pts: i64) -> Vec<u8> {
+            let mut p = vec![0x47, 0x41, 0x00, 0x10, 0, 0, 1, 0xe0, 0, 0, 0x80, 0x80, 5];
+            p.extend([
+                0x21 | ((pts >> 29) as u8 & 0x0e),
+                (pts >> 22) as u8,
+                ((pts >> 14) as u8 & 0xfe) | 1,
+                (pts >> 7) as u8,
+                ((pts << 1) as u8) | 1,
+            ]);
+            // SPS, PPS and an IDR slice.
+            p.extend([
+                0, 0, 1, 0x67, 0x42, 0, 0x1e, 0, 0, 1, 0x68, 0xce, 0, 0, 1, 0x65, 0x88,
+            ]);
+            p.resize(188, 0xff);
+            p
+        }
+        let mut r = TsToFlv::new(0x100, None);
+        let mut ts = Vec::new();
+        for (i, pts) in [900_000, 903_000, 0, 3000].into_iter().enumerate() {
+            let mut p = pes(pts);
+            p[3] = 0x10 | i as u8; // continuity counter
+            r.feed(&p, &mut |t| {
+                if !t.header {
+                    ts.push(t.ts_ms)
+                }
+            });
+        }
+        assert_eq!(
+            ts,
+            vec![0, 33, 66],
+            "the last frame waits for the next PES start"
+        );
+        assert_eq!(r.jumps, 1);
     }
 
     #[test]

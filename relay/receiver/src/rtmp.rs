@@ -62,7 +62,12 @@ impl Target {
     fn parse(url: &str) -> Result<Self, String> {
         let u = Url::parse(url).map_err(|_| "unparsable RTMP URL".to_string())?;
         let tls = u.scheme() == "rtmps";
-        let host = u.host_str().unwrap_or_default().to_string();
+        // An IPv6 literal without its brackets, for the resolver and TLS.
+        let host = match u.host() {
+            Some(url::Host::Ipv6(a)) => a.to_string(),
+            Some(h) => h.to_string(),
+            None => String::new(),
+        };
         let port = u.port().unwrap_or(if tls { 443 } else { 1935 });
         let path = u.path().trim_matches('/');
         let (app, key) = path
@@ -74,7 +79,11 @@ impl Target {
         };
         let shown_port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
         Ok(Self {
-            tc_url: format!("{}://{host}{shown_port}/{app}", u.scheme()),
+            tc_url: format!(
+                "{}://{}{shown_port}/{app}",
+                u.scheme(),
+                u.host_str().unwrap_or_default()
+            ),
             tls,
             host,
             port,
@@ -179,6 +188,9 @@ fn connect(t: &Target) -> Result<Conn, String> {
     // shows as a blocked write within seconds, not after a minute of backlog.
     let _ = socket2::SockRef::from(&tcp).set_send_buffer_size(SEND_BUFFER);
     tcp.set_write_timeout(Some(WRITE_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    // rustls runs the TLS handshake inside the first write: bound its reads too.
+    tcp.set_read_timeout(Some(NEGOTIATE_TIMEOUT))
         .map_err(|e| e.to_string())?;
     if !t.tls {
         return Ok(Conn::Plain(tcp));
@@ -341,6 +353,8 @@ pub(crate) fn run(
     let mut last = [0u32; 2];
     // After tags were dropped from the queue: skip to the next keyframe.
     let mut waiting = false;
+    // Tags in a row timed before `base`.
+    let mut behind = 0u32;
     let session_error = |e: ClientSessionError| format!("RTMP session: {e}");
     loop {
         if sh.stop.load(Ordering::Relaxed) {
@@ -349,43 +363,66 @@ pub(crate) fn run(
             }
             return Ok(());
         }
-        if sh.gap.swap(false, Ordering::Relaxed) && base.is_some() {
-            waiting = true;
-        }
         let mut send = Vec::new();
         match rx.recv_timeout(Duration::from_millis(20)) {
-            Ok(tag) if waiting && !(tag.kind == TagKind::Video && tag.keyframe) => {}
-            Ok(tag) => match base {
-                None if tag.kind == TagKind::Video && tag.keyframe => {
-                    let h = fan.headers();
-                    base = Some(tag.ts_ms);
-                    let mut meta = StreamMetadata::new();
-                    meta.video_codec_id = Some(7);
-                    meta.encoder = Some("strata-receiver".into());
-                    if let Some(a) = h.audio_info {
-                        meta.audio_codec_id = Some(10);
-                        meta.audio_sample_rate = Some(a.rate);
-                        meta.audio_channels = Some(u32::from(a.channels));
-                        meta.audio_is_stereo = Some(a.channels == 2);
-                    }
-                    send.push(session.publish_metadata(&meta).map_err(session_error)?);
-                    for hdr in [h.video, h.audio].into_iter().flatten() {
-                        send.push(publish(&mut session, &hdr, 0)?);
-                    }
-                    send.push(publish(&mut session, &tag, 0)?);
+            Ok(tag) => {
+                // Tags before this one were lost: what follows may reference them.
+                if tag.after_gap && base.is_some() {
+                    waiting = true;
                 }
-                None => {} // not started: wait for a keyframe
-                Some(b) if tag.ts_ms >= b => {
-                    waiting = false;
-                    let i = usize::from(tag.kind == TagKind::Video);
-                    let ts = u32::try_from(tag.ts_ms - b)
-                        .unwrap_or(u32::MAX)
-                        .max(last[i]);
-                    last[i] = ts;
-                    send.push(publish(&mut session, &tag, ts)?);
+                let starts = tag.kind == TagKind::Video && tag.keyframe;
+                match base {
+                    None if starts => {
+                        let h = fan.headers();
+                        base = Some(tag.ts_ms);
+                        let mut meta = StreamMetadata::new();
+                        meta.video_codec_id = Some(7);
+                        meta.encoder = Some("strata-receiver".into());
+                        if let Some(a) = h.audio_info {
+                            meta.audio_codec_id = Some(10);
+                            meta.audio_sample_rate = Some(a.rate);
+                            meta.audio_channels = Some(u32::from(a.channels));
+                            meta.audio_is_stereo = Some(a.channels == 2);
+                        }
+                        send.push(session.publish_metadata(&meta).map_err(session_error)?);
+                        for hdr in [h.video, h.audio].into_iter().flatten() {
+                            send.push(publish(&mut session, &hdr, 0)?);
+                        }
+                        send.push(publish(&mut session, &tag, 0)?);
+                    }
+                    None => {} // not started: wait for a keyframe
+                    Some(b) => {
+                        let i = usize::from(tag.kind == TagKind::Video);
+                        // Times only go forward on the wire.
+                        let ts = u32::try_from(tag.ts_ms - b).unwrap_or(0).max(last[i]);
+                        if tag.header {
+                            // Never skipped: a changed SPS or ASC must get through.
+                            send.push(publish(&mut session, &tag, ts)?);
+                        } else if tag.ts_ms < b {
+                            // Audio from before the first keyframe. The remux keeps
+                            // its timeline going, so this only lasts a moment; if it
+                            // does not, start over rather than go silent.
+                            behind += 1;
+                            if behind > 500 {
+                                return Err("the stream's times went back; reconnecting".into());
+                            }
+                        } else if !waiting || starts {
+                            if waiting {
+                                // Resume on this keyframe, headers first (the
+                                // queue may have dropped a new one).
+                                waiting = false;
+                                let h = fan.headers();
+                                for hdr in [h.video, h.audio].into_iter().flatten() {
+                                    send.push(publish(&mut session, &hdr, ts)?);
+                                }
+                            }
+                            behind = 0;
+                            last[i] = ts;
+                            send.push(publish(&mut session, &tag, ts)?);
+                        }
+                    }
                 }
-                Some(_) => {} // audio from before the first keyframe
-            },
+            }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return Ok(()),
         }
@@ -445,6 +482,9 @@ mod tests {
         assert_eq!(t.tc_url, "rtmps://h:4443/app/inst");
         assert!(!t.tc_url.contains("key"), "the key is not in the tcUrl");
         assert!(Target::parse("rtmp://h/justapp").is_err());
+        let t = Target::parse("rtmp://[::1]:1936/live/k").unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("::1", 1936));
+        assert_eq!(t.tc_url, "rtmp://[::1]:1936/live");
     }
 
     #[test]
