@@ -9,7 +9,7 @@
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 
-use crate::remux::{AudioInfo, Tag};
+use crate::remux::{AudioInfo, Tag, TagKind};
 
 /// FLV tags an RTMP destination may hold: about 3 s of 30 fps video plus AAC.
 const QUEUE_TAGS: usize = 256;
@@ -32,8 +32,14 @@ pub struct Headers {
     pub video: Option<Tag>,
     /// The AAC AudioSpecificConfig tag.
     pub audio: Option<Tag>,
-    /// Sample rate and channels, for the stream metadata.
-    pub audio_info: Option<AudioInfo>,
+}
+
+impl Headers {
+    /// Sample rate and channels (from the AudioSpecificConfig), for metadata.
+    pub fn audio_info(&self) -> Option<AudioInfo> {
+        let asc = self.audio.as_ref()?.body.get(2..4)?;
+        Some(AudioInfo::from_asc([asc[0], asc[1]]))
+    }
 }
 
 /// The remux's subscribers: one per RTMP destination.
@@ -78,16 +84,11 @@ impl FlvFanout {
     pub fn broadcast(&self, tag: &Tag) {
         if tag.header {
             let mut h = self.headers.lock().expect("headers lock");
-            match tag.kind {
-                crate::remux::TagKind::Video => h.video = Some(tag.clone()),
-                crate::remux::TagKind::Audio => {
-                    h.audio = Some(tag.clone());
-                    h.audio_info = tag
-                        .body
-                        .get(2..4)
-                        .map(|asc| AudioInfo::from_asc([asc[0], asc[1]]));
-                }
-            }
+            let kept = match tag.kind {
+                TagKind::Video => &mut h.video,
+                TagKind::Audio => &mut h.audio,
+            };
+            *kept = Some(tag.clone());
         }
         self.subs.lock().expect("subscribers lock").retain_mut(|s| {
             let mut t = tag.clone();
@@ -111,7 +112,6 @@ impl FlvFanout {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::remux::TagKind;
     use std::sync::atomic::{AtomicU64, Ordering};
 
     fn tag(header: bool) -> Tag {

@@ -7,13 +7,15 @@
 //! Engine, chosen by measurement (`scripts/bench-receiver`): RTMP takes a
 //! Rust path. The input thread remuxes the TS to FLV once per stream
 //! (`remux.rs`) and each RTMP destination publishes the tags over its own
-//! socket (`rtmp.rs`, RTMP session by rml_rtmp, TLS by rustls). GStreamer's
-//! tsdemux ! h264parse ! flvmux ! rtmp2sink chain cost 1.6 to 1.8 times
-//! ffmpeg's CPU for the same job, mostly in thread hand-offs between its
-//! elements; the Rust path costs 0.69 times ffmpeg for one stream (side by
-//! side) and 0.95 for ten, and what is left is mostly librist's own threads
-//! and the relay hop that filters garbage (`strata-rist`). SRT, HLS and recordings stay GStreamer pipelines (srtsink,
-//! hlssink2, splitmuxsink), one per output behind its own bounded queue and
+//! socket (`rtmp.rs`, RTMP session by rml_rtmp, TLS by rustls). The
+//! GStreamer chain it replaced (tsdemux ! h264parse ! flvmux ! rtmp2sink)
+//! measured 1.6 to 1.8 times ffmpeg's CPU, mostly in thread hand-offs
+//! between elements; the benchmark prints what the Rust path costs now.
+//! What is left of the receiver's CPU is mostly librist's own threads and
+//! the relay hop of `strata-rist` that filters garbage.
+//!
+//! SRT, HLS and recordings stay GStreamer pipelines (srtsink, hlssink2,
+//! splitmuxsink). Every output sits behind its own bounded queue and
 //! reconnect loop, so a failing destination never touches the input or the
 //! others.
 //!

@@ -6,7 +6,7 @@
 //! `flv.rs`) and publish them themselves (`rtmp.rs`).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -81,18 +81,27 @@ pub struct OutputEvent {
     pub message: String,
 }
 
-/// An output's state, shared by its handle, its thread and its feeder.
+/// An output's state, shared by its handle and its thread.
 pub(crate) struct Shared {
-    pub(crate) state: Mutex<OutputState>,
-    pub(crate) bytes: AtomicU64,
-    pub(crate) reconnects: AtomicU64,
-    pub(crate) dropped: AtomicU64,
-    pub(crate) last_error: Mutex<Option<String>>,
+    state: Mutex<OutputState>,
+    bytes: AtomicU64,
+    reconnects: AtomicU64,
+    dropped: AtomicU64,
+    last_error: Mutex<Option<String>>,
     pub(crate) stop: AtomicBool,
-    pub(crate) rate: Mutex<(Instant, u64, f64)>,
+    rate: Mutex<(Instant, u64, f64)>,
 }
 
 impl Shared {
+    /// Counts bytes that went out; the first make a connecting output live.
+    pub(crate) fn add_bytes(&self, n: u64) {
+        self.bytes.fetch_add(n, Ordering::Relaxed);
+        let mut s = self.state.lock().expect("state lock");
+        if *s == OutputState::Connecting {
+            *s = OutputState::Live;
+        }
+    }
+
     fn new() -> Arc<Self> {
         Arc::new(Shared {
             state: Mutex::new(OutputState::Connecting),
@@ -124,75 +133,14 @@ impl Feed {
     }
 }
 
-/// An output's thread, its queue and its stop flag.
-struct Runner {
-    /// Where the input's TS goes; none when the thread reads FLV.
-    tx: Option<SyncSender<Arc<[u8]>>>,
-    shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Runner {
-    fn spawn(
-        name: String,
-        dest: Destination,
-        video: Arc<OnceLock<Video>>,
-        flv: &Arc<FlvFanout>,
-        shared: Arc<Shared>,
-        events: std::sync::mpsc::Sender<OutputEvent>,
-    ) -> Self {
-        let tags = matches!(dest, Destination::Rtmp { .. }).then(|| {
-            let sh = shared.clone();
-            flv.subscribe(
-                &name,
-                Arc::new(move || _ = sh.dropped.fetch_add(1, Ordering::Relaxed)),
-            )
-        });
-        let fan = flv.clone();
-        let (tx, feed) = match tags {
-            Some(rx) => (None, Feed::Flv(rx)),
-            None => {
-                let (tx, rx) = sync_channel(QUEUE_DATAGRAMS);
-                (Some(tx), Feed::Ts(rx))
-            }
-        };
-        let sh = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("output-{name}"))
-            .spawn(move || run(&name, &dest, &video, &feed, &fan, &sh, &events))
-            .expect("spawn output thread");
-        Runner {
-            tx,
-            shared,
-            thread: Some(thread),
-        }
-    }
-
-    fn push(&self, d: &Arc<[u8]>) {
-        let Some(tx) = &self.tx else { return };
-        match tx.try_send(d.clone()) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-}
-
-impl Drop for Runner {
-    fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// A running output.
+/// A running output: its thread, its queue (none when the thread reads FLV
+/// tags) and its shared state.
 pub struct Output {
     id: String,
     dest: Destination,
-    runner: Runner,
+    tx: Option<SyncSender<Arc<[u8]>>>,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl Output {
@@ -205,8 +153,27 @@ impl Output {
         events: std::sync::mpsc::Sender<OutputEvent>,
         flv: &Arc<FlvFanout>,
     ) -> Self {
-        let runner = Runner::spawn(id.clone(), dest.clone(), video, flv, Shared::new(), events);
-        Self { id, dest, runner }
+        let shared = Shared::new();
+        let (tx, feed) = if matches!(dest, Destination::Rtmp { .. }) {
+            let sh = shared.clone();
+            let on_drop = Arc::new(move || _ = sh.dropped.fetch_add(1, Ordering::Relaxed));
+            (None, Feed::Flv(flv.subscribe(&id, on_drop)))
+        } else {
+            let (tx, rx) = sync_channel(QUEUE_DATAGRAMS);
+            (Some(tx), Feed::Ts(rx))
+        };
+        let (i, d, fan, sh) = (id.clone(), dest.clone(), flv.clone(), shared.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("output-{id}"))
+            .spawn(move || run(&i, &d, &video, &feed, &fan, &sh, &events))
+            .expect("spawn output thread");
+        Self {
+            id,
+            dest,
+            tx,
+            shared,
+            thread: Some(thread),
+        }
     }
 
     /// The output's id.
@@ -216,18 +183,21 @@ impl Output {
 
     /// Whether it takes the TS (RTMP outputs take FLV tags instead).
     pub fn takes_ts(&self) -> bool {
-        self.runner.tx.is_some()
+        self.tx.is_some()
     }
 
     /// Queues a datagram; never blocks (a full queue drops and counts it).
     /// RTMP outputs are fed by the remux instead.
     pub fn push(&self, d: &Arc<[u8]>) {
-        self.runner.push(d);
+        let Some(tx) = &self.tx else { return };
+        if tx.try_send(d.clone()).is_err() {
+            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Statistics now.
     pub fn stats(&self) -> OutputStats {
-        let sh = &self.runner.shared;
+        let sh = &self.shared;
         let bytes = sh.bytes.load(Ordering::Relaxed);
         let bitrate = {
             let mut r = sh.rate.lock().expect("rate lock");
@@ -253,8 +223,17 @@ impl Output {
 
     /// Sends EOS, waits for the sink to finalise (recordings), and stops.
     pub fn stop(self) {
-        // Dropping the runner does it; this names the intent at call sites.
+        // Drop does it; this names the intent at call sites.
         drop(self);
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -528,13 +507,8 @@ fn failure(bus: &gst::Bus) -> Option<String> {
 fn progress(sh: &Shared, bytes: &AtomicU64, last_bytes: &mut u64) {
     let now_bytes = bytes.load(Ordering::Relaxed);
     if now_bytes > *last_bytes {
-        sh.bytes
-            .fetch_add(now_bytes - *last_bytes, Ordering::Relaxed);
+        sh.add_bytes(now_bytes - *last_bytes);
         *last_bytes = now_bytes;
-        let mut s = sh.state.lock().expect("state lock");
-        if *s == OutputState::Connecting {
-            *s = OutputState::Live;
-        }
     }
 }
 

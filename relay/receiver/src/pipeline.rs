@@ -1,6 +1,6 @@
-//! GStreamer pipeline descriptions for the SRT, HLS and recording outputs. Secrets (stream keys,
-//! passphrases) are set as properties after parsing, never in the description,
-//! so a parse error can never echo them.
+//! GStreamer pipeline descriptions for the SRT, HLS and recording outputs.
+//! Passphrases are set as properties after parsing, never in the
+//! description, so a parse error can never echo them.
 
 use crate::destination::Destination;
 
@@ -17,24 +17,17 @@ pub enum VideoCodec {
 const SRC: &str = "appsrc name=src is-live=true format=time max-bytes=4000000 block=false \
                    caps=\"video/mpegts,systemstream=(boolean)true,packetsize=(int)188\"";
 
-const DEMUX: &str = "tsdemux name=demux latency=200";
-const AUDIO: &str = "demux. ! audio/mpeg ! queue max-size-time=2000000000 ! aacparse name=aparse";
-
-fn video_branch(codec: VideoCodec) -> String {
+/// A pipeline description for `dest`, or why this stream cannot go there.
+pub fn describe(dest: &Destination, codec: VideoCodec) -> Result<String, String> {
     let (vcaps, vparse) = match codec {
         VideoCodec::H264 => ("video/x-h264", "h264parse"),
         VideoCodec::H265 => ("video/x-h265", "h265parse"),
     };
-    format!(
+    let demux = "tsdemux name=demux latency=200";
+    let video = format!(
         "demux. ! {vcaps} ! queue max-size-time=2000000000 ! {vparse} name=vparse config-interval=-1"
-    )
-}
-
-/// A pipeline description for `dest`, or why this stream cannot go there.
-pub fn describe(dest: &Destination, codec: VideoCodec) -> Result<String, String> {
-    let demux = DEMUX;
-    let video = video_branch(codec);
-    let audio = AUDIO;
+    );
+    let audio = "demux. ! audio/mpeg ! queue max-size-time=2000000000 ! aacparse name=aparse";
     Ok(match dest {
         // RTMP is published by `rtmp.rs` from the Rust remux, not GStreamer.
         Destination::Rtmp { .. } => return Err("RTMP has no GStreamer pipeline".into()),

@@ -50,6 +50,19 @@ pub struct Tag {
     pub after_gap: bool,
 }
 
+impl Tag {
+    fn new(kind: TagKind, ts_ms: i64, body: Bytes, header: bool, keyframe: bool) -> Self {
+        Self {
+            kind,
+            ts_ms,
+            body,
+            header,
+            keyframe,
+            after_gap: false,
+        }
+    }
+}
+
 /// What the audio stream is, for RTMP metadata.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AudioInfo {
@@ -99,15 +112,15 @@ pub struct TsToFlv {
     /// Last decode time per stream (audio, video), offset applied.
     last_dts: [Option<i64>; 2],
     /// Times the input's timeline jumped (an encoder restart, a splice).
-    pub jumps: u64,
+    jumps: u64,
     sps: Vec<u8>,
     pps: Vec<u8>,
     asc: Option<[u8; 2]>,
     /// Tags waiting for the other stream, to leave in decode order.
     vq: VecDeque<Tag>,
     aq: VecDeque<Tag>,
-    /// Datagrams that were not TS, and frames dropped as broken.
-    pub dropped: u64,
+    /// TS packets without a sync byte, and PES or frames dropped as broken.
+    dropped: u64,
 }
 
 impl TsToFlv {
@@ -154,11 +167,7 @@ impl TsToFlv {
             if !has_payload || off >= 188 {
                 continue;
             }
-            let pes = if is_video {
-                &mut self.video
-            } else {
-                &mut self.audio
-            };
+            let pes = self.pes(is_video);
             if let Some(prev) = pes.cc
                 && (prev + 1) & 0x0f != cc
             {
@@ -168,11 +177,7 @@ impl TsToFlv {
             if start {
                 self.finish(is_video, out);
             }
-            let pes = if is_video {
-                &mut self.video
-            } else {
-                &mut self.audio
-            };
+            let pes = self.pes(is_video);
             if !start && pes.buf.is_empty() {
                 continue; // joined mid-PES: wait for the next start
             }
@@ -195,23 +200,23 @@ impl TsToFlv {
     /// Turns the PES being gathered into tags, and empties it (keeping its
     /// buffer: a video PES is tens of kB, and reallocating it each frame showed).
     fn finish(&mut self, is_video: bool, out: &mut impl FnMut(Tag)) {
-        let pes = if is_video {
-            &mut self.video
-        } else {
-            &mut self.audio
-        };
+        let pes = self.pes(is_video);
         let buf = std::mem::take(&mut pes.buf);
         let broken = std::mem::replace(&mut pes.broken, false);
         if !buf.is_empty() {
             self.pes_to_tags(is_video, &buf, broken, out);
         }
-        let pes = if is_video {
+        let pes = self.pes(is_video);
+        pes.buf = buf;
+        pes.buf.clear();
+    }
+
+    fn pes(&mut self, is_video: bool) -> &mut Pes {
+        if is_video {
             &mut self.video
         } else {
             &mut self.audio
-        };
-        pes.buf = buf;
-        pes.buf.clear();
+        }
     }
 
     fn pes_to_tags(&mut self, is_video: bool, pes: &[u8], broken: bool, out: &mut impl FnMut(Tag)) {
@@ -291,14 +296,9 @@ impl TsToFlv {
             return;
         }
         if config_changed {
-            self.vq.push_back(Tag {
-                kind: TagKind::Video,
-                ts_ms: dts_ms,
-                body: avc_sequence_header(&self.sps, &self.pps),
-                header: true,
-                keyframe: false,
-                after_gap: false,
-            });
+            let body = avc_sequence_header(&self.sps, &self.pps);
+            self.vq
+                .push_back(Tag::new(TagKind::Video, dts_ms, body, true, false));
         }
         let size: usize = nals.iter().map(|n| n.len() + 4).sum();
         let mut body = BytesMut::with_capacity(5 + size);
@@ -310,14 +310,13 @@ impl TsToFlv {
             body.put_u32(n.len() as u32);
             body.put_slice(n);
         }
-        self.vq.push_back(Tag {
-            kind: TagKind::Video,
-            ts_ms: dts_ms,
-            body: body.freeze(),
-            header: false,
+        self.vq.push_back(Tag::new(
+            TagKind::Video,
+            dts_ms,
+            body.freeze(),
+            false,
             keyframe,
-            after_gap: false,
-        });
+        ));
     }
 
     fn audio_frames(&mut self, pts: i64, base: i64, mut data: &[u8]) {
@@ -335,27 +334,15 @@ impl TsToFlv {
                 let mut body = BytesMut::with_capacity(4);
                 body.put_slice(&[0xaf, 0]);
                 body.put_slice(&adts.asc);
-                self.aq.push_back(Tag {
-                    kind: TagKind::Audio,
-                    ts_ms: ms,
-                    body: body.freeze(),
-                    header: true,
-                    keyframe: false,
-                    after_gap: false,
-                });
+                self.aq
+                    .push_back(Tag::new(TagKind::Audio, ms, body.freeze(), true, false));
             }
             let mut body = BytesMut::with_capacity(2 + frame.len());
             // AAC, and the 44 kHz / 16-bit / stereo flags FLV requires for AAC.
             body.put_slice(&[0xaf, 1]);
             body.put_slice(frame);
-            self.aq.push_back(Tag {
-                kind: TagKind::Audio,
-                ts_ms: ms,
-                body: body.freeze(),
-                header: false,
-                keyframe: false,
-                after_gap: false,
-            });
+            self.aq
+                .push_back(Tag::new(TagKind::Audio, ms, body.freeze(), false, false));
             data = &data[adts.frame_len..];
             n += 1;
         }

@@ -21,8 +21,8 @@ use rml_rtmp::time::RtmpTimestamp;
 use rustls::pki_types::ServerName;
 use url::Url;
 
-use crate::flv::FlvFanout;
-use crate::output::{OutputState, Shared};
+use crate::flv::{FlvFanout, Headers};
+use crate::output::Shared;
 use crate::pipeline::VideoCodec;
 use crate::remux::{Tag, TagKind};
 
@@ -232,12 +232,15 @@ fn write_error(e: io::Error) -> String {
 
 /// Reads until the server sent something or the deadline passed.
 fn read_until(conn: &mut Conn, buf: &mut [u8], deadline: Instant) -> Result<usize, String> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        return Err(format!(
+    let silent = || {
+        format!(
             "no answer from the server within {} s",
             NEGOTIATE_TIMEOUT.as_secs()
-        ));
+        )
+    };
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(silent());
     }
     conn.tcp()
         .set_read_timeout(Some(left))
@@ -251,10 +254,7 @@ fn read_until(conn: &mut Conn, buf: &mut [u8], deadline: Instant) -> Result<usiz
                 io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
             ) =>
         {
-            Err(format!(
-                "no answer from the server within {} s",
-                NEGOTIATE_TIMEOUT.as_secs()
-            ))
+            Err(silent())
         }
         Err(e) => Err(format!("read: {e}")),
     }
@@ -333,6 +333,90 @@ fn negotiate(conn: &mut Conn, t: &Target) -> Result<ClientSession, String> {
     }
 }
 
+/// What a connection does with one tag from its queue.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// Nothing: not started yet, skipping to a keyframe, or audio timed
+    /// before the first keyframe.
+    Skip,
+    /// The first keyframe: metadata and the codec headers, then the tag, at 0.
+    Open,
+    /// A keyframe after a gap: the codec headers (the queue may have dropped
+    /// a new one), then the tag, at this time.
+    Resume(u32),
+    /// The tag, at this time.
+    Send(u32),
+}
+
+/// A connection's place in the stream: where its times start, the last time
+/// sent per kind (kept monotonic), and whether it skips to a keyframe.
+#[derive(Default)]
+struct Cursor {
+    base: Option<i64>,
+    last: [u32; 2],
+    waiting: bool,
+    /// Tags in a row timed before `base`.
+    behind: u32,
+}
+
+impl Cursor {
+    fn step(&mut self, tag: &Tag) -> Result<Step, String> {
+        let starts = tag.kind == TagKind::Video && tag.keyframe;
+        let Some(base) = self.base else {
+            if starts {
+                self.base = Some(tag.ts_ms);
+                return Ok(Step::Open);
+            }
+            return Ok(Step::Skip);
+        };
+        // Tags before this one were lost: what follows may reference them.
+        self.waiting |= tag.after_gap;
+        let i = usize::from(tag.kind == TagKind::Video);
+        // Times only go forward on the wire.
+        let ts = u32::try_from(tag.ts_ms - base)
+            .unwrap_or(0)
+            .max(self.last[i]);
+        if tag.header {
+            // Never skipped: a changed SPS or ASC must get through.
+            return Ok(Step::Send(ts));
+        }
+        if tag.ts_ms < base {
+            // Audio from before the first keyframe. The remux keeps its
+            // timeline going, so this only lasts a moment; if it does not,
+            // start over rather than go silent.
+            self.behind += 1;
+            if self.behind > 500 {
+                return Err("the stream's times went back; reconnecting".into());
+            }
+            return Ok(Step::Skip);
+        }
+        if self.waiting && !starts {
+            return Ok(Step::Skip);
+        }
+        self.behind = 0;
+        self.last[i] = ts;
+        if std::mem::take(&mut self.waiting) {
+            Ok(Step::Resume(ts))
+        } else {
+            Ok(Step::Send(ts))
+        }
+    }
+}
+
+/// The metadata RTMP servers show (codecs, audio rate and channels).
+fn metadata(h: &Headers) -> StreamMetadata {
+    let mut meta = StreamMetadata::new();
+    meta.video_codec_id = Some(7);
+    meta.encoder = Some("strata-receiver".into());
+    if let Some(a) = h.audio_info() {
+        meta.audio_codec_id = Some(10);
+        meta.audio_sample_rate = Some(a.rate);
+        meta.audio_channels = Some(u32::from(a.channels));
+        meta.audio_is_stereo = Some(a.channels == 2);
+    }
+    meta
+}
+
 /// Runs one RTMP connection on tags from the remux until it fails (Err) or
 /// the output is stopped (Ok). It opens with metadata and the latest codec
 /// headers, then starts on a keyframe with its timestamps from 0.
@@ -348,13 +432,7 @@ pub(crate) fn run(
     let mut events = Vec::new();
     let mut buf = vec![0u8; 16 * 1024];
     let mut next_read = Instant::now() + READ_EVERY;
-    // The first keyframe's time, and the last time sent per kind (kept monotonic).
-    let mut base: Option<i64> = None;
-    let mut last = [0u32; 2];
-    // After tags were dropped from the queue: skip to the next keyframe.
-    let mut waiting = false;
-    // Tags in a row timed before `base`.
-    let mut behind = 0u32;
+    let mut cursor = Cursor::default();
     let session_error = |e: ClientSessionError| format!("RTMP session: {e}");
     loop {
         if sh.stop.load(Ordering::Relaxed) {
@@ -366,73 +444,37 @@ pub(crate) fn run(
         let mut send = Vec::new();
         match rx.recv_timeout(Duration::from_millis(20)) {
             Ok(tag) => {
-                // Tags before this one were lost: what follows may reference them.
-                if tag.after_gap && base.is_some() {
-                    waiting = true;
-                }
-                let starts = tag.kind == TagKind::Video && tag.keyframe;
-                match base {
-                    None if starts => {
+                let step = cursor.step(&tag)?;
+                let (headers, ts) = match step {
+                    Step::Skip => (None, 0),
+                    Step::Open => {
                         let h = fan.headers();
-                        base = Some(tag.ts_ms);
-                        let mut meta = StreamMetadata::new();
-                        meta.video_codec_id = Some(7);
-                        meta.encoder = Some("strata-receiver".into());
-                        if let Some(a) = h.audio_info {
-                            meta.audio_codec_id = Some(10);
-                            meta.audio_sample_rate = Some(a.rate);
-                            meta.audio_channels = Some(u32::from(a.channels));
-                            meta.audio_is_stereo = Some(a.channels == 2);
-                        }
-                        send.push(session.publish_metadata(&meta).map_err(session_error)?);
-                        for hdr in [h.video, h.audio].into_iter().flatten() {
-                            send.push(publish(&mut session, &hdr, 0)?);
-                        }
-                        send.push(publish(&mut session, &tag, 0)?);
+                        send.push(
+                            session
+                                .publish_metadata(&metadata(&h))
+                                .map_err(session_error)?,
+                        );
+                        (Some(h), 0)
                     }
-                    None => {} // not started: wait for a keyframe
-                    Some(b) => {
-                        let i = usize::from(tag.kind == TagKind::Video);
-                        // Times only go forward on the wire.
-                        let ts = u32::try_from(tag.ts_ms - b).unwrap_or(0).max(last[i]);
-                        if tag.header {
-                            // Never skipped: a changed SPS or ASC must get through.
-                            send.push(publish(&mut session, &tag, ts)?);
-                        } else if tag.ts_ms < b {
-                            // Audio from before the first keyframe. The remux keeps
-                            // its timeline going, so this only lasts a moment; if it
-                            // does not, start over rather than go silent.
-                            behind += 1;
-                            if behind > 500 {
-                                return Err("the stream's times went back; reconnecting".into());
-                            }
-                        } else if !waiting || starts {
-                            if waiting {
-                                // Resume on this keyframe, headers first (the
-                                // queue may have dropped a new one).
-                                waiting = false;
-                                let h = fan.headers();
-                                for hdr in [h.video, h.audio].into_iter().flatten() {
-                                    send.push(publish(&mut session, &hdr, ts)?);
-                                }
-                            }
-                            behind = 0;
-                            last[i] = ts;
-                            send.push(publish(&mut session, &tag, ts)?);
-                        }
-                    }
+                    Step::Resume(ts) => (Some(fan.headers()), ts),
+                    Step::Send(ts) => (None, ts),
+                };
+                for hdr in headers
+                    .into_iter()
+                    .flat_map(|h| [h.video, h.audio])
+                    .flatten()
+                {
+                    send.push(publish(&mut session, &hdr, ts)?);
+                }
+                if step != Step::Skip {
+                    send.push(publish(&mut session, &tag, ts)?);
                 }
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return Ok(()),
         }
         if !send.is_empty() {
-            let n = apply(&mut conn, send, &mut events)?;
-            sh.bytes.fetch_add(n, Ordering::Relaxed);
-            let mut s = sh.state.lock().expect("state lock");
-            if *s == OutputState::Connecting {
-                *s = OutputState::Live;
-            }
+            sh.add_bytes(apply(&mut conn, send, &mut events)?);
         }
         if Instant::now() >= next_read {
             next_read = Instant::now() + READ_EVERY;
@@ -485,6 +527,64 @@ mod tests {
         let t = Target::parse("rtmp://[::1]:1936/live/k").unwrap();
         assert_eq!((t.host.as_str(), t.port), ("::1", 1936));
         assert_eq!(t.tc_url, "rtmp://[::1]:1936/live");
+    }
+
+    fn tag(kind: TagKind, ts_ms: i64, keyframe: bool, header: bool, after_gap: bool) -> Tag {
+        Tag {
+            kind,
+            ts_ms,
+            body: bytes::Bytes::new(),
+            header,
+            keyframe,
+            after_gap,
+        }
+    }
+
+    #[test]
+    fn a_connection_opens_on_a_keyframe_and_skips_to_the_next_after_a_gap() {
+        use TagKind::{Audio, Video};
+        let mut c = Cursor::default();
+        let steps: Vec<_> = [
+            tag(Audio, 990, false, false, false), // before any keyframe
+            tag(Video, 1000, false, false, false),
+            tag(Video, 2000, true, false, false), // the first keyframe
+            tag(Audio, 1990, false, false, false), // timed before it
+            tag(Audio, 2010, false, false, false),
+            tag(Video, 2033, false, false, true), // tags were lost before this
+            tag(Video, 2050, false, true, false), // a new SPS: never skipped
+            tag(Audio, 2060, false, false, false),
+            tag(Video, 4000, true, false, false), // the next keyframe
+            tag(Audio, 3990, false, false, false), // behind the video: each kind is monotonic on its own
+        ]
+        .iter()
+        .map(|t| c.step(t).unwrap())
+        .collect();
+        use Step::*;
+        assert_eq!(
+            steps,
+            [
+                Skip,
+                Skip,
+                Open,
+                Skip,
+                Send(10),
+                Skip,
+                Send(50),
+                Skip,
+                Resume(2000),
+                Send(1990)
+            ]
+        );
+    }
+
+    #[test]
+    fn times_that_stay_behind_the_start_end_the_connection() {
+        let mut c = Cursor::default();
+        c.step(&tag(TagKind::Video, 5000, true, false, false))
+            .unwrap();
+        let ended =
+            (0..600).find_map(|_| c.step(&tag(TagKind::Audio, 10, false, false, false)).err());
+        assert!(ended.is_some_and(|e| e.contains("went back")));
     }
 
     #[test]
