@@ -3,7 +3,8 @@
 //!
 //! - [`BondedSender`]: one librist sender context with one peer per link; each
 //!   peer sits behind a relay bound to the link's interface or source address.
-//! - [`BondedReceiver`]: listens on one port per link and yields the
+//! - [`BondedReceiver`]: librist listens on one port per link, behind a kernel
+//!   filter that drops and counts what is not RIST, and yields the
 //!   reassembled, in-order MPEG-TS.
 //! - [`controller`]: recomputes per-link weights from live stats so each link
 //!   carries what it can, parks dark links, and publishes the usable capacity.
@@ -14,12 +15,17 @@
 //! - the per-link relays ([`relay`](crate::relay) is private), because librist
 //!   0.2.7 cannot bind a unicast peer to an interface, and counting every
 //!   datagram is how we see a link go dark within a few hundred ms;
+//! - the receiver ports' socket filter ([`port`](crate::port) is private),
+//!   because librist drops garbage only after waking for it and logs it only
+//!   now and then; finding librist's socket among our descriptors, because
+//!   librist cannot be handed one;
 //! - the controller, because librist's own balancing uses static weights.
 
 pub mod controller;
 mod link;
 mod log;
 mod peer;
+mod port;
 mod psk;
 mod receiver;
 mod relay;

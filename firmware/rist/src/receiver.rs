@@ -1,19 +1,21 @@
-//! `BondedReceiver`: librist main-profile receiver listening (through our
-//! relays) on one port per link, yielding the reassembled TS.
+//! `BondedReceiver`: librist main-profile receiver listening on one port per
+//! link (each behind a kernel filter, see [`port`](crate::port)), yielding the
+//! reassembled TS.
 
+use std::collections::BTreeMap;
 use std::ffi::{CStr, c_void};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::ptr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use strata_rist_sys as sys;
 
 use crate::log::{LogSettings, LogTap};
 use crate::peer::{Ctx, peer_config, scrub, set_stats_callback};
+use crate::port::{self, Port};
 use crate::psk::Psk;
-use crate::relay::{self, Relay};
 use crate::stats::{FlowStats, PeerStats, PortStats};
 
 /// How a bonded receiver is set up.
@@ -55,8 +57,8 @@ struct FlowTotals {
     missing: u64,
     reordered: u64,
     bitrate_kbps: f64,
-    /// Per sender link, from librist's JSON report.
-    peers: Vec<PeerStats>,
+    /// Per sender link (librist peer id), from librist's JSON report.
+    peers: BTreeMap<u32, PeerStats>,
 }
 
 struct Shared {
@@ -70,19 +72,11 @@ struct Shared {
 /// not block (it holds up the output of the whole flow).
 pub type DataCallback = Box<dyn Fn(&[u8]) + Send + Sync>;
 
-/// Port share window: when it started and each port's bytes then.
-struct ShareWindow {
-    at: Instant,
-    start: Vec<u64>,
-    shares: Vec<f64>,
-}
-
 /// A bonded RIST receiver. See the crate docs.
 pub struct BondedReceiver {
     ctx: Ctx,
-    ports: Vec<(u16, Relay)>,
+    ports: Vec<Port>,
     shared: Arc<Shared>,
-    share: Mutex<ShareWindow>,
     tap: Arc<LogTap>,
     log: Option<LogSettings>,
 }
@@ -126,11 +120,6 @@ impl BondedReceiver {
             ctx: Ctx(ctx),
             ports: Vec::new(),
             shared,
-            share: Mutex::new(ShareWindow {
-                at: Instant::now(),
-                start: Vec::new(),
-                shares: Vec::new(),
-            }),
             tap,
             log: Some(log),
         };
@@ -160,32 +149,27 @@ impl BondedReceiver {
             }
         }
         for addr in &cfg.listen {
-            let outside = UdpSocket::bind(addr).map_err(|source| ReceiveError::Bind {
+            let bind_err = |source| ReceiveError::Bind {
                 addr: *addr,
                 source,
-            })?;
-            socket2::SockRef::from(&outside).set_recv_buffer_size(1 << 21)?;
-            let port = outside.local_addr()?.port();
-            let inner = relay::free_loopback_port()?;
-            let mut pc = peer_config(
-                &format!("rist://@127.0.0.1:{inner}"),
-                cfg.psk.as_ref(),
-                cfg.buffer_ms,
-                0,
-                "strata-receiver",
-            )
-            .map_err(|e| ReceiveError::Rist(e.to_string()))?;
+            };
+            let addr = port::resolve(*addr).map_err(bind_err)?;
+            let url = match addr {
+                SocketAddr::V4(a) => format!("rist://@{a}"),
+                SocketAddr::V6(a) => format!("rist://@[{}]:{}", a.ip(), a.port()),
+            };
+            let mut pc = peer_config(&url, cfg.psk.as_ref(), cfg.buffer_ms, 0, "strata-receiver")
+                .map_err(|e| ReceiveError::Rist(e.to_string()))?;
             let mut peer = ptr::null_mut();
             // SAFETY: ctx is live and pc valid; librist copies it.
             let rc = unsafe { sys::rist_peer_create(ctx, &mut peer, &pc) };
             scrub(&mut pc);
             if rc != 0 {
                 return Err(ReceiveError::Rist(format!(
-                    "rist_peer_create failed for port {port} ({rc})"
+                    "rist_peer_create failed for {addr} ({rc})"
                 )));
             }
-            me.ports
-                .push((port, relay::start_receiver_relay(outside, inner)?));
+            me.ports.push(Port::adopt(addr).map_err(bind_err)?);
         }
         // SAFETY: ctx is live.
         let rc = unsafe { sys::rist_start(ctx) };
@@ -197,7 +181,7 @@ impl BondedReceiver {
 
     /// The ports listened on, in the order given.
     pub fn ports(&self) -> Vec<u16> {
-        self.ports.iter().map(|p| p.0).collect()
+        self.ports.iter().map(|p| p.port).collect()
     }
 
     /// Waits up to `timeout` for the next datagram of reassembled TS.
@@ -235,44 +219,12 @@ impl BondedReceiver {
     /// Flow and per-port statistics now.
     pub fn stats(&self) -> FlowStats {
         let f = self.shared.flow.lock().expect("flow lock");
-        let bytes: Vec<u64> = self
-            .ports
-            .iter()
-            .map(|(_, r)| r.counters.out_bytes.load(Ordering::Relaxed))
-            .collect();
-        let shares = {
-            let mut w = self.share.lock().expect("share lock");
-            if w.start.len() != bytes.len() {
-                w.start = vec![0; bytes.len()];
-            }
-            if w.at.elapsed() >= Duration::from_secs(1) {
-                let d: Vec<u64> = bytes.iter().zip(&w.start).map(|(b, s)| b - s).collect();
-                let total: u64 = d.iter().sum();
-                w.shares = d
-                    .iter()
-                    .map(|x| {
-                        if total > 0 {
-                            *x as f64 / total as f64
-                        } else {
-                            0.0
-                        }
-                    })
-                    .collect();
-                w.start = bytes.clone();
-                w.at = Instant::now();
-            }
-            w.shares.clone()
-        };
         let ports: Vec<PortStats> = self
             .ports
             .iter()
-            .enumerate()
-            .map(|(i, (port, r))| PortStats {
-                port: *port,
-                packets: r.counters.out_packets.load(Ordering::Relaxed),
-                bytes: bytes[i],
-                share: shares.get(i).copied().unwrap_or(0.0),
-                garbage: r.counters.garbage.load(Ordering::Relaxed),
+            .map(|p| PortStats {
+                port: p.port,
+                garbage: p.dropped(),
             })
             .collect();
         let garbage = ports.iter().map(|p| p.garbage).sum::<u64>()
@@ -294,7 +246,7 @@ impl BondedReceiver {
             garbage_datagrams: garbage,
             auth_failures,
             ports,
-            peers: f.peers.clone(),
+            peers: f.peers.values().cloned().collect(),
             problem,
         }
     }
@@ -361,7 +313,7 @@ unsafe extern "C" fn stats_cb(arg: *mut c_void, stats: *const sys::rist_stats) -
         if !st.stats_json.is_null() {
             // SAFETY: stats_json is a NUL-terminated string owned by the container.
             let json = unsafe { CStr::from_ptr(st.stats_json) }.to_string_lossy();
-            f.peers = peers_of(&json);
+            update_peers(&mut f.peers, &peers_of(&json));
         }
     }
     // SAFETY: librist hands ownership of the container to the callback.
@@ -369,9 +321,21 @@ unsafe extern "C" fn stats_cb(arg: *mut c_void, stats: *const sys::rist_stats) -
     0
 }
 
+/// One sender link in one of librist's JSON flow reports.
+#[derive(Debug, Clone, PartialEq)]
+struct PeerReport {
+    id: u32,
+    rtt_ms: u32,
+    alive: bool,
+    /// Data packets received over the report's interval.
+    received: u64,
+    bitrate_bps: f64,
+}
+
 /// The sender links in librist's JSON flow report (librist 0.2.7 layout:
-/// `receiver-stats.flowinstant.peers[] = {id, dead, stats: {rtt, ...}}`).
-fn peers_of(json: &str) -> Vec<PeerStats> {
+/// `receiver-stats.flowinstant.peers[] = {id, dead, stats: {rtt,
+/// received_data, bitrate, ...}}`, counters per interval).
+fn peers_of(json: &str) -> Vec<PeerReport> {
     let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
         return Vec::new();
     };
@@ -384,13 +348,51 @@ fn peers_of(json: &str) -> Vec<PeerStats> {
     peers
         .iter()
         .filter_map(|p| {
-            Some(PeerStats {
+            let stat = |k: &str| {
+                p.get("stats")
+                    .and_then(|s| s.get(k))
+                    .and_then(|v| v.as_f64())
+            };
+            Some(PeerReport {
                 id: p.get("id")?.as_u64()? as u32,
-                rtt_ms: p.pointer("/stats/rtt")?.as_u64()? as u32,
+                rtt_ms: stat("rtt")? as u32,
                 alive: p.get("dead").and_then(|d| d.as_u64()) == Some(0),
+                received: stat("received_data").unwrap_or(0.0) as u64,
+                bitrate_bps: stat("bitrate").unwrap_or(0.0),
             })
         })
         .collect()
+}
+
+/// Folds one report into the running per-link figures: packets add up, RTT,
+/// bit rate and share are the report's. Links librist no longer lists keep
+/// their totals and are marked not alive.
+fn update_peers(peers: &mut BTreeMap<u32, PeerStats>, report: &[PeerReport]) {
+    let total: f64 = report.iter().map(|r| r.bitrate_bps).sum();
+    for p in peers.values_mut() {
+        p.alive = false;
+        p.bitrate_kbps = 0.0;
+        p.share = 0.0;
+    }
+    for r in report {
+        let p = peers.entry(r.id).or_insert_with(|| PeerStats {
+            id: r.id,
+            rtt_ms: 0,
+            alive: false,
+            packets: 0,
+            bitrate_kbps: 0.0,
+            share: 0.0,
+        });
+        p.rtt_ms = r.rtt_ms;
+        p.alive = r.alive;
+        p.packets += r.received;
+        p.bitrate_kbps = r.bitrate_bps / 1000.0;
+        p.share = if total > 0.0 {
+            r.bitrate_bps / total
+        } else {
+            0.0
+        };
+    }
 }
 
 #[cfg(test)]
@@ -398,25 +400,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_peers_from_librist_json() {
+    fn reads_peers_from_librist_json_and_adds_them_up() {
         let j = r#"{"receiver-stats":{"flowinstant":{"flow_id":2,"dead":0,"stats":{},
-            "peers":[{"id":1,"dead":0,"stats":{"rtt":41}},{"id":2,"dead":1,"stats":{"rtt":70}}]}}}"#;
-        let p = peers_of(j);
+            "peers":[{"id":1,"dead":0,"stats":{"rtt":41,"received_data":30,"bitrate":3000000}},
+                     {"id":2,"dead":1,"stats":{"rtt":70,"received_data":10,"bitrate":1000000}}]}}}"#;
+        let r = peers_of(j);
+        assert_eq!(r.len(), 2);
         assert_eq!(
-            p,
-            vec![
-                PeerStats {
-                    id: 1,
-                    rtt_ms: 41,
-                    alive: true
-                },
-                PeerStats {
-                    id: 2,
-                    rtt_ms: 70,
-                    alive: false
-                }
-            ]
+            (r[0].id, r[0].rtt_ms, r[0].alive, r[0].received),
+            (1, 41, true, 30)
         );
+        assert_eq!((r[1].id, r[1].alive), (2, false));
         assert!(peers_of("not json").is_empty());
+        let mut peers = BTreeMap::new();
+        update_peers(&mut peers, &r);
+        update_peers(&mut peers, &r[..1]);
+        let (a, b) = (&peers[&1], &peers[&2]);
+        assert_eq!((a.packets, a.rtt_ms, a.alive), (60, 41, true));
+        assert!((a.share - 1.0).abs() < 1e-9 && (a.bitrate_kbps - 3000.0).abs() < 1e-9);
+        assert_eq!((b.packets, b.alive, b.share), (10, false, 0.0));
+        update_peers(&mut peers, &r);
+        assert!((peers[&1].share - 0.75).abs() < 1e-9, "{peers:?}");
     }
 }

@@ -1,15 +1,12 @@
-//! The UDP relays between librist and the network, one per link.
+//! The sender's UDP relays between librist and the network, one per link.
 //!
 //! librist 0.2.7 cannot bind a unicast peer's socket to an interface or source
 //! address, so every sender peer talks to a loopback relay whose outside socket
 //! is bound where the link must leave (`SO_BINDTODEVICE` or a source address).
-//! On the receiver, a relay owns each public port, drops datagrams that are not
-//! RIST (GRE with a RIST protocol type) before librist sees them, and gives
-//! librist one loopback socket per remote so it still sees one peer per link.
-//! Both count every datagram, which is how the link controller knows a link
-//! went dark (nothing came back) and how the receiver knows each link's share.
+//! Relays count every datagram, which is how the link controller knows a link
+//! went dark (nothing came back). The receiver has no relay: see
+//! [`port`](crate::port).
 
-use std::collections::HashMap;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -33,13 +30,13 @@ const MAX_DATAGRAM: usize = 10_240;
 #[derive(Debug)]
 pub(crate) struct RelayCounters {
     epoch: Instant,
-    /// Datagrams and bytes toward the far end (sender: uplink; receiver: from remotes).
+    /// Datagrams and bytes sent up the link.
     pub out_packets: AtomicU64,
     pub out_bytes: AtomicU64,
-    /// Datagrams and bytes coming back (sender: from the receiver; receiver: to remotes).
+    /// Datagrams and bytes coming back from the receiver.
     pub in_packets: AtomicU64,
     pub in_bytes: AtomicU64,
-    /// Datagrams that were not RIST, or came from an unexpected address.
+    /// Datagrams from an unexpected address.
     pub garbage: AtomicU64,
     /// Sends the OS refused (interface gone, no route).
     pub send_errors: AtomicU64,
@@ -101,18 +98,6 @@ impl RelayCounters {
     pub fn first_in(&self) -> Option<Instant> {
         self.at(&self.first_in_ns)
     }
-}
-
-/// Whether a datagram can be RIST main profile: a GRE header (version 0) with
-/// one of the protocol types librist accepts (reduced, full, keepalive, EAPoL).
-pub(crate) fn looks_like_rist(d: &[u8]) -> bool {
-    if d.len() < 4 || d[1] & 0x07 != 0 {
-        return false;
-    }
-    matches!(
-        u16::from_be_bytes([d[2], d[3]]),
-        0x88B6 | 0x0800 | 0x88B5 | 0x888E
-    )
 }
 
 fn wildcard(remote: &SocketAddr) -> SocketAddr {
@@ -268,159 +253,9 @@ fn sender_loop(
     Ok(())
 }
 
-/// One remote seen on a receiver port: its loopback socket toward librist and
-/// the thread carrying librist's replies back to it.
-struct Remote {
-    inside: Arc<UdpSocket>,
-    last: Instant,
-    gone: Arc<AtomicBool>,
-    replies: Option<JoinHandle<()>>,
-}
-
-impl Remote {
-    fn stop(&mut self) {
-        self.gone.store(true, Ordering::Relaxed);
-        if let Some(t) = self.replies.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Receiver side: owns a public port; forwards RIST datagrams to librist
-/// listening on `librist_port`, one loopback socket per remote.
-pub(crate) fn start_receiver_relay(outside: UdpSocket, librist_port: u16) -> io::Result<Relay> {
-    let counters = Arc::new(RelayCounters::new());
-    let stop = Arc::new(AtomicBool::new(false));
-    let (c, st) = (counters.clone(), stop.clone());
-    let port = outside.local_addr()?.port();
-    let outside = Arc::new(outside);
-    let thread = std::thread::Builder::new()
-        .name(format!("rist-port-{port}"))
-        .spawn(move || {
-            if let Err(e) = receiver_loop(&outside, librist_port, &c, &st) {
-                tracing::error!(port, "receiver relay stopped: {e}");
-            }
-        })?;
-    Ok(Relay {
-        counters,
-        stop,
-        thread: Some(thread),
-    })
-}
-
-/// Remotes silent this long are forgotten (a modem that changed address).
-const REMOTE_IDLE: Duration = Duration::from_secs(30);
-/// At most this many remotes per port, so a flood of spoofed sources cannot exhaust fds.
-const MAX_REMOTES: usize = 16;
-
-/// Blocking receives with a timeout (to see the stop flag): two system calls per
-/// datagram, where a poll loop costs four.
-fn receiver_loop(
-    outside: &Arc<UdpSocket>,
-    librist_port: u16,
-    c: &Arc<RelayCounters>,
-    stop: &Arc<AtomicBool>,
-) -> io::Result<()> {
-    outside.set_read_timeout(Some(Duration::from_millis(POLL_MS as u64)))?;
-    let librist: SocketAddr = (Ipv4Addr::LOCALHOST, librist_port).into();
-    let mut remotes: HashMap<SocketAddr, Remote> = HashMap::new();
-    let mut buf = vec![0u8; MAX_DATAGRAM];
-    let mut last_sweep = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
-        if let Ok((n, from)) = outside.recv_from(&mut buf) {
-            if !looks_like_rist(&buf[..n]) {
-                c.garbage.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            if !remotes.contains_key(&from) {
-                if remotes.len() >= MAX_REMOTES {
-                    c.garbage.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                tracing::debug!(%from, "new remote on receiver port");
-                remotes.insert(from, new_remote(outside, librist, from, c, stop)?);
-            }
-            let r = remotes.get_mut(&from).expect("inserted");
-            r.last = Instant::now();
-            c.mark_out(n);
-            let _ = r.inside.send(&buf[..n]);
-        }
-        if last_sweep.elapsed() > Duration::from_secs(1) {
-            last_sweep = Instant::now();
-            remotes.retain(|_, r| {
-                let keep = r.last.elapsed() < REMOTE_IDLE;
-                if !keep {
-                    r.stop();
-                }
-                keep
-            });
-        }
-    }
-    for r in remotes.values_mut() {
-        r.stop();
-    }
-    Ok(())
-}
-
-fn new_remote(
-    outside: &Arc<UdpSocket>,
-    librist: SocketAddr,
-    to: SocketAddr,
-    c: &Arc<RelayCounters>,
-    stop: &Arc<AtomicBool>,
-) -> io::Result<Remote> {
-    let inside = Arc::new(loopback_socket(0)?);
-    inside.connect(librist)?;
-    inside.set_read_timeout(Some(Duration::from_millis(POLL_MS as u64)))?;
-    let gone = Arc::new(AtomicBool::new(false));
-    let (i, o, c, st, g) = (
-        inside.clone(),
-        outside.clone(),
-        c.clone(),
-        stop.clone(),
-        gone.clone(),
-    );
-    let replies = std::thread::Builder::new()
-        .name("rist-port-replies".into())
-        .spawn(move || {
-            let mut buf = vec![0u8; MAX_DATAGRAM];
-            while !st.load(Ordering::Relaxed) && !g.load(Ordering::Relaxed) {
-                if let Ok(n) = i.recv(&mut buf) {
-                    if o.send_to(&buf[..n], to).is_ok() {
-                        c.mark_in(n);
-                    } else {
-                        c.send_errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        })?;
-    Ok(Remote {
-        inside,
-        last: Instant::now(),
-        gone,
-        replies: Some(replies),
-    })
-}
-
-/// A free loopback UDP port (for librist's listening sockets).
-pub(crate) fn free_loopback_port() -> io::Result<u16> {
-    Ok(UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?
-        .local_addr()?
-        .port())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn recognises_rist_gre() {
-        assert!(looks_like_rist(&[0x30, 0x00, 0x88, 0xB6, 1, 2, 3, 4]));
-        assert!(looks_like_rist(&[0x00, 0x00, 0x88, 0xB5]));
-        assert!(!looks_like_rist(b"hello world"));
-        assert!(!looks_like_rist(&[0x30, 0x01, 0x88, 0xB6]));
-        assert!(!looks_like_rist(&[0x30]));
-    }
 
     #[test]
     fn sender_relay_forwards_and_counts() {

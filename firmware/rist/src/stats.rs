@@ -53,23 +53,18 @@ pub struct BondStats {
     pub retransmitted_packets: u64,
 }
 
-/// One port (one link) of a receiving bond.
+/// One public port of a receiving bond.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PortStats {
     /// The UDP port.
     pub port: u16,
-    /// RIST datagrams received on it.
-    pub packets: u64,
-    /// Bytes received on it.
-    pub bytes: u64,
-    /// Share of all RIST bytes received over the last second, 0..1.
-    pub share: f64,
-    /// Datagrams dropped because they were not RIST.
+    /// Datagrams the kernel dropped on it before librist: not RIST (the
+    /// port's filter), or no room left in its receive buffer.
     pub garbage: u64,
 }
 
 /// One sender link as librist's receiver knows it: by the peer id the sender
-/// advertises (for a Strata sender, the link's position, from 1).
+/// advertises.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PeerStats {
     /// The sender's peer id.
@@ -78,6 +73,12 @@ pub struct PeerStats {
     pub rtt_ms: u32,
     /// Whether librist still hears from it.
     pub alive: bool,
+    /// RIST data packets received over it (first copies and retransmissions).
+    pub packets: u64,
+    /// Its bit rate over librist's last report, in kbit/s.
+    pub bitrate_kbps: f64,
+    /// Its share of the flow's bit rate over librist's last report, 0..1.
+    pub share: f64,
 }
 
 /// A receiving bond: the reassembled flow and each port.
@@ -97,13 +98,14 @@ pub struct FlowStats {
     pub output_bytes: u64,
     /// Incoming bit rate as librist measures it, in kbit/s.
     pub bitrate_kbps: f64,
-    /// Datagrams dropped on our ports because they were not RIST.
+    /// Datagrams dropped on our ports before they reached librist (see
+    /// [`PortStats::garbage`]), plus those librist refused as not RIST.
     pub garbage_datagrams: u64,
     /// Packets that failed to decrypt (wrong or missing PSK).
     pub auth_failures: u64,
     /// Per port.
     pub ports: Vec<PortStats>,
-    /// Per sender link, with its RTT.
+    /// Per sender link: RTT, packets and share.
     pub peers: Vec<PeerStats>,
     /// Why nothing is coming through, when we can tell.
     pub problem: Option<String>,

@@ -74,8 +74,8 @@ fn ts_over_three_lossy_links_arrives_byte_identical() {
         .sum();
     assert!(dropped > 0 && st.recovered > 0, "dropped {dropped}, {st:?}");
     // Every link carried part of the stream, and its RTT (40/70/120 ms) is known.
-    assert!(st.ports.iter().all(|p| p.packets > 100), "{st:?}");
     assert_eq!(st.peers.len(), 3, "{st:?}");
+    assert!(st.peers.iter().all(|p| p.packets > 100), "{st:?}");
     assert!(st.peers.iter().all(|p| p.rtt_ms >= 30), "{st:?}");
 }
 
@@ -126,8 +126,10 @@ fn links_can_be_removed_and_added_while_streaming() {
     let out = drain(&rx, Duration::from_secs(2), Duration::from_secs(30));
     let st = rx.stats();
     assert_eq!(sha(strip_padding(&out)), sha(data), "stats: {st:?}");
+    // librist numbers its peers as they appear: the added link is the last.
+    assert_eq!(st.peers.len(), 3, "{st:?}");
     assert!(
-        st.ports[2].packets > 50,
+        st.peers.last().is_some_and(|p| p.packets > 50 && p.alive),
         "the added link carried data: {st:?}"
     );
 }
@@ -178,6 +180,8 @@ fn garbage_datagrams_are_counted_and_dropped() {
     let st = rx.stats();
     assert_eq!(sha(strip_padding(&out)), sha(data), "stats: {st:?}");
     assert!(st.garbage_datagrams >= 200, "{st:?}");
+    // The kernel filter on each port dropped them before librist woke up.
+    assert!(st.ports.iter().all(|p| p.garbage >= 100), "{st:?}");
     let _ = free_port();
 }
 
@@ -250,4 +254,19 @@ fn callback_mode_delivers_the_same_bytes() {
         rx.stats().output_bytes,
         (data.len() + PADDING_DATAGRAMS * 1316) as u64
     );
+}
+
+#[test]
+fn a_taken_port_is_a_clear_error() {
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let err = BondedReceiver::new(ReceiverConfig {
+        listen: vec![addr],
+        psk: None,
+        buffer_ms: 1000,
+    })
+    .err()
+    .expect("refused")
+    .to_string();
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
 }

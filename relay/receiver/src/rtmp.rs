@@ -8,7 +8,7 @@
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,8 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const SEND_BUFFER: usize = 512 * 1024;
 /// How often the server's messages (acknowledgements, pings) are read while publishing.
 const READ_EVERY: Duration = Duration::from_millis(200);
+/// How long tags gather before they are written (adds at most this latency).
+const BATCH: Duration = Duration::from_millis(40);
 
 /// Whether RTMP can carry this video codec.
 pub(crate) fn supports(codec: VideoCodec) -> Result<(), String> {
@@ -206,19 +208,17 @@ fn apply(
     results: Vec<ClientSessionResult>,
     events: &mut Vec<ClientSessionEvent>,
 ) -> Result<u64, String> {
-    let mut n = 0;
+    let mut out = Vec::new();
     for r in results {
         match r {
-            ClientSessionResult::OutboundResponse(p) => {
-                conn.write_all(&p.bytes).map_err(write_error)?;
-                n += p.bytes.len() as u64;
-            }
+            ClientSessionResult::OutboundResponse(p) => out.extend_from_slice(&p.bytes),
             ClientSessionResult::RaisedEvent(e) => events.push(e),
             ClientSessionResult::UnhandleableMessageReceived(_) => {}
         }
     }
+    conn.write_all(&out).map_err(write_error)?;
     conn.flush().map_err(write_error)?;
-    Ok(n)
+    Ok(out.len() as u64)
 }
 
 fn write_error(e: io::Error) -> String {
@@ -441,37 +441,41 @@ pub(crate) fn run(
             }
             return Ok(());
         }
+        // Tags gather for a batch: one wake-up and one write per batch, not per
+        // tag, and the remux's try_send finds nobody blocked to wake.
+        std::thread::sleep(BATCH);
         let mut send = Vec::new();
-        match rx.recv_timeout(Duration::from_millis(20)) {
-            Ok(tag) => {
-                let step = cursor.step(&tag)?;
-                let (headers, ts) = match step {
-                    Step::Skip => (None, 0),
-                    Step::Open => {
-                        let h = fan.headers();
-                        send.push(
-                            session
-                                .publish_metadata(&metadata(&h))
-                                .map_err(session_error)?,
-                        );
-                        (Some(h), 0)
-                    }
-                    Step::Resume(ts) => (Some(fan.headers()), ts),
-                    Step::Send(ts) => (None, ts),
-                };
-                for hdr in headers
-                    .into_iter()
-                    .flat_map(|h| [h.video, h.audio])
-                    .flatten()
-                {
-                    send.push(publish(&mut session, &hdr, ts)?);
+        loop {
+            let tag = match rx.try_recv() {
+                Ok(tag) => tag,
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => return Ok(()),
+            };
+            let step = cursor.step(&tag)?;
+            let (headers, ts) = match step {
+                Step::Skip => (None, 0),
+                Step::Open => {
+                    let h = fan.headers();
+                    send.push(
+                        session
+                            .publish_metadata(&metadata(&h))
+                            .map_err(session_error)?,
+                    );
+                    (Some(h), 0)
                 }
-                if step != Step::Skip {
-                    send.push(publish(&mut session, &tag, ts)?);
-                }
+                Step::Resume(ts) => (Some(fan.headers()), ts),
+                Step::Send(ts) => (None, ts),
+            };
+            for hdr in headers
+                .into_iter()
+                .flat_map(|h| [h.video, h.audio])
+                .flatten()
+            {
+                send.push(publish(&mut session, &hdr, ts)?);
             }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            if step != Step::Skip {
+                send.push(publish(&mut session, &tag, ts)?);
+            }
         }
         if !send.is_empty() {
             sh.add_bytes(apply(&mut conn, send, &mut events)?);
