@@ -123,9 +123,11 @@ impl BondedReceiver {
             tap,
             log: Some(log),
         };
+        // Once a second, as the worker's stats events: each report is a JSON
+        // document librist builds and we parse.
         set_stats_callback(
             me.ctx,
-            250,
+            1000,
             stats_cb,
             Arc::as_ptr(&me.shared) as *const c_void,
         )

@@ -63,11 +63,11 @@ pub struct PortStats {
     pub garbage: u64,
 }
 
-/// One sender link as librist's receiver knows it: by the peer id the sender
-/// advertises.
+/// One sender link as librist's receiver knows it: one peer per remote
+/// address, numbered by librist as they appear.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PeerStats {
-    /// The sender's peer id.
+    /// librist's number for the peer.
     pub id: u32,
     /// Round-trip time measured over that link, in ms.
     pub rtt_ms: u32,

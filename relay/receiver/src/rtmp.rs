@@ -36,7 +36,7 @@ const SEND_BUFFER: usize = 512 * 1024;
 /// How often the server's messages (acknowledgements, pings) are read while publishing.
 const READ_EVERY: Duration = Duration::from_millis(200);
 /// How long tags gather before they are written (adds at most this latency).
-const BATCH: Duration = Duration::from_millis(40);
+const BATCH: Duration = Duration::from_millis(100);
 
 /// Whether RTMP can carry this video codec.
 pub(crate) fn supports(codec: VideoCodec) -> Result<(), String> {
