@@ -3,7 +3,7 @@
 //!
 //! librist binds each public port itself, so a datagram costs one wake-up and
 //! one copy, as in any librist receiver (a user-space hop in front of it cost
-//! over a quarter of the receiver's CPU). librist 0.2.7 cannot be handed a socket, so
+//! another wake-up, receive and send). librist 0.2.7 cannot be handed a socket, so
 //! the socket it opened is found among the process's descriptors by its local
 //! address, and a classic BPF program is attached to it: datagrams that are not
 //! RIST main profile (GRE version 0 with a protocol type librist accepts) are

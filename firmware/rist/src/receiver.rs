@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::ptr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use strata_rist_sys as sys;
 
@@ -57,9 +57,15 @@ struct FlowTotals {
     missing: u64,
     reordered: u64,
     bitrate_kbps: f64,
-    /// Per sender link (librist peer id), from librist's JSON report.
-    peers: BTreeMap<u32, PeerStats>,
+    /// Per sender link (librist peer id), from librist's JSON report, with
+    /// when librist last listed it.
+    peers: BTreeMap<u32, (PeerStats, Instant)>,
 }
+
+/// A link librist has not listed for this long is dropped from the stats (a
+/// modem that changed address shows up as a new link; the old one would
+/// otherwise stay listed for the life of the stream).
+const FORGET_PEER: Duration = Duration::from_secs(60);
 
 struct Shared {
     flow: Mutex<FlowTotals>,
@@ -248,7 +254,7 @@ impl BondedReceiver {
             garbage_datagrams: garbage,
             auth_failures,
             ports,
-            peers: f.peers.values().cloned().collect(),
+            peers: f.peers.values().map(|(p, _)| p.clone()).collect(),
             problem,
         }
     }
@@ -315,7 +321,7 @@ unsafe extern "C" fn stats_cb(arg: *mut c_void, stats: *const sys::rist_stats) -
         if !st.stats_json.is_null() {
             // SAFETY: stats_json is a NUL-terminated string owned by the container.
             let json = unsafe { CStr::from_ptr(st.stats_json) }.to_string_lossy();
-            update_peers(&mut f.peers, &peers_of(&json));
+            update_peers(&mut f.peers, &peers_of(&json), Instant::now());
         }
     }
     // SAFETY: librist hands ownership of the container to the callback.
@@ -366,25 +372,30 @@ fn peers_of(json: &str) -> Vec<PeerReport> {
         .collect()
 }
 
-/// Folds one report into the running per-link figures: packets add up, RTT,
-/// bit rate and share are the report's. Links librist no longer lists keep
-/// their totals and are marked not alive.
-fn update_peers(peers: &mut BTreeMap<u32, PeerStats>, report: &[PeerReport]) {
+/// Folds one report, received at `now`, into the running per-link figures:
+/// packets add up, RTT, bit rate and share are the report's. Links librist no
+/// longer lists keep their totals, marked not alive, for [`FORGET_PEER`].
+fn update_peers(
+    peers: &mut BTreeMap<u32, (PeerStats, Instant)>,
+    report: &[PeerReport],
+    now: Instant,
+) {
     let total: f64 = report.iter().map(|r| r.bitrate_bps).sum();
-    for p in peers.values_mut() {
+    peers.retain(|_, (_, heard)| now.duration_since(*heard) < FORGET_PEER);
+    for (p, _) in peers.values_mut() {
         p.alive = false;
         p.bitrate_kbps = 0.0;
         p.share = 0.0;
     }
     for r in report {
-        let p = peers.entry(r.id).or_insert_with(|| PeerStats {
-            id: r.id,
-            rtt_ms: 0,
-            alive: false,
-            packets: 0,
-            bitrate_kbps: 0.0,
-            share: 0.0,
+        let (p, heard) = peers.entry(r.id).or_insert_with(|| {
+            let p = PeerStats {
+                id: r.id,
+                ..PeerStats::default()
+            };
+            (p, now)
         });
+        *heard = now;
         p.rtt_ms = r.rtt_ms;
         p.alive = r.alive;
         p.packets += r.received;
@@ -415,13 +426,19 @@ mod tests {
         assert_eq!((r[1].id, r[1].alive), (2, false));
         assert!(peers_of("not json").is_empty());
         let mut peers = BTreeMap::new();
-        update_peers(&mut peers, &r);
-        update_peers(&mut peers, &r[..1]);
-        let (a, b) = (&peers[&1], &peers[&2]);
+        let t0 = Instant::now();
+        update_peers(&mut peers, &r, t0);
+        update_peers(&mut peers, &r[..1], t0);
+        let (a, b) = (&peers[&1].0, &peers[&2].0);
         assert_eq!((a.packets, a.rtt_ms, a.alive), (60, 41, true));
         assert!((a.share - 1.0).abs() < 1e-9 && (a.bitrate_kbps - 3000.0).abs() < 1e-9);
         assert_eq!((b.packets, b.alive, b.share), (10, false, 0.0));
-        update_peers(&mut peers, &r);
-        assert!((peers[&1].share - 0.75).abs() < 1e-9, "{peers:?}");
+        update_peers(&mut peers, &r, t0);
+        assert!((peers[&1].0.share - 0.75).abs() < 1e-9, "{peers:?}");
+        // A link librist stopped listing is forgotten after a while.
+        update_peers(&mut peers, &r[..1], t0 + FORGET_PEER / 2);
+        assert!(peers.contains_key(&2));
+        update_peers(&mut peers, &r[..1], t0 + FORGET_PEER + FORGET_PEER / 2);
+        assert_eq!(peers.keys().collect::<Vec<_>>(), [&1]);
     }
 }

@@ -65,7 +65,7 @@ pub struct PortStats {
 
 /// One sender link as librist's receiver knows it: one peer per remote
 /// address, numbered by librist as they appear.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct PeerStats {
     /// librist's number for the peer.
     pub id: u32,

@@ -11,8 +11,8 @@
 //! GStreamer chain it replaced (tsdemux ! h264parse ! flvmux ! rtmp2sink)
 //! measured 1.6 to 1.8 times ffmpeg's CPU, mostly in thread hand-offs
 //! between elements; the benchmark prints what the Rust path costs now.
-//! What is left of the receiver's CPU is mostly librist's own two threads
-//! (about four fifths of it, the same threads ffmpeg's RIST input runs).
+//! What is left of the receiver's CPU is mostly librist's own two threads,
+//! the same threads ffmpeg's RIST input runs.
 //!
 //! SRT, HLS and recordings stay GStreamer pipelines (srtsink, hlssink2,
 //! splitmuxsink). Every output sits behind its own bounded queue and
