@@ -26,8 +26,21 @@ use crate::link::LinkState;
 pub struct ControllerConfig {
     /// How often weights are recomputed.
     pub tick: Duration,
-    /// Silence after which a link counts as dark.
+    /// Silence after which a link counts as dark: this, or twice the link's
+    /// RTT if that is longer. librist's receiver answers every 100 ms or so
+    /// (RTCP and echo replies), so much less would see darkness in jitter.
     pub dark_after: Duration,
+    /// Nor longer than this, however slow the link.
+    pub dark_after_max: Duration,
+    /// A dark link that answers again is taken back after it has answered
+    /// this long without a break...
+    pub hold_down: Duration,
+    /// ...twice as long each time it went dark again within `flap_window` of
+    /// being taken back, up to this: a flapping link is not re-admitted on
+    /// every blip.
+    pub hold_down_max: Duration,
+    /// See `hold_down_max`; a link up this long starts from `hold_down` again.
+    pub flap_window: Duration,
     /// First estimate of a link's capacity when its spec gives none.
     pub initial_kbps: f64,
     /// The estimate never falls below this (so a link keeps being measured).
@@ -53,8 +66,12 @@ pub struct ControllerConfig {
 impl Default for ControllerConfig {
     fn default() -> Self {
         Self {
-            tick: Duration::from_millis(100),
-            dark_after: Duration::from_millis(250),
+            tick: Duration::from_millis(50),
+            dark_after: Duration::from_millis(150),
+            dark_after_max: Duration::from_millis(1000),
+            hold_down: Duration::from_millis(500),
+            hold_down_max: Duration::from_secs(16),
+            flap_window: Duration::from_secs(10),
             initial_kbps: 1000.0,
             min_kbps: 100.0,
             max_kbps: 200_000.0,
@@ -68,7 +85,7 @@ impl Default for ControllerConfig {
 }
 
 /// What the controller sees of a link at one tick.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Observation {
     /// Bytes pushed into the link since it was added.
     pub sent_bytes: u64,
@@ -76,6 +93,10 @@ pub struct Observation {
     pub last_heard: Option<Instant>,
     /// librist's current RTT for the link.
     pub rtt_ms: Option<u32>,
+    /// New media packets the link carried since it was added...
+    pub media_packets: u64,
+    /// ...and how many of them the receiver NACKed.
+    pub nacked_packets: u64,
 }
 
 /// What the controller decided for a link.
@@ -91,6 +112,9 @@ pub struct Decision {
     /// packets: a dark link at weight 0 would otherwise carry a full copy of
     /// the stream until librist itself gives up on the peer (about 1 s).
     pub suppress_data: bool,
+    /// The link went dark at this tick: media it sent since this instant may
+    /// not have arrived and should be sent again on live links now.
+    pub rescue_since: Option<Instant>,
 }
 
 /// Per-link controller state.
@@ -104,7 +128,15 @@ pub struct LinkControl {
     last_sent_bytes: Option<(Instant, u64)>,
     sent_kbps: f64,
     rtts: VecDeque<(Instant, u32)>,
+    /// (when, media packets, NACKed) over the last `LOSS_WINDOW`.
+    counts: VecDeque<(Instant, u64, u64)>,
     last_cut: Option<Instant>,
+    /// Since when the link has answered without a break (while dark: how
+    /// long it has been back).
+    heard_since: Option<Instant>,
+    /// Current hold-down, and when the link was last taken back.
+    hold_down: Option<Duration>,
+    readmitted_at: Option<Instant>,
     /// When the link last changed state (for the "time to drop/re-adopt" figures).
     pub state_since: Instant,
 }
@@ -120,7 +152,11 @@ impl LinkControl {
             last_sent_bytes: None,
             sent_kbps: 0.0,
             rtts: VecDeque::new(),
+            counts: VecDeque::new(),
             last_cut: None,
+            heard_since: None,
+            hold_down: None,
+            readmitted_at: None,
             state_since: now,
         }
     }
@@ -150,6 +186,29 @@ impl LinkControl {
         self.rtts.iter().map(|r| r.1).min()
     }
 
+    /// Share of the media the link carried over the last second that the
+    /// receiver NACKed, 0..1.
+    pub fn loss(&self) -> f64 {
+        match (self.counts.front(), self.counts.back()) {
+            (Some(a), Some(b)) if b.1 > a.1 => {
+                (b.2.saturating_sub(a.2) as f64 / (b.1 - a.1) as f64).min(1.0)
+            }
+            _ => 0.0,
+        }
+    }
+
+    /// The latest RTT sample.
+    pub fn rtt_ms(&self) -> Option<u32> {
+        self.rtts.back().map(|r| r.1)
+    }
+
+    /// Silence after which this link counts as dark: twice its unloaded RTT
+    /// (a queue on the way up does not space the receiver's answers out).
+    pub fn dark_after(&self, cfg: &ControllerConfig) -> Duration {
+        let rtt = Duration::from_millis(self.base_rtt_ms().unwrap_or(0).into());
+        (2 * rtt).clamp(cfg.dark_after, cfg.dark_after_max)
+    }
+
     /// Marks the link removed; it keeps weight 0 from then on.
     pub fn remove(&mut self, now: Instant) {
         self.set_state(LinkState::Removed, now);
@@ -163,6 +222,9 @@ impl LinkControl {
     }
 }
 
+/// Window of the loss figure the controller reads.
+const LOSS_WINDOW: Duration = Duration::from_secs(1);
+
 /// Recomputes every link; returns a decision per link, in order.
 pub fn tick(
     cfg: &ControllerConfig,
@@ -170,9 +232,11 @@ pub fn tick(
     links: &mut [&mut LinkControl],
     obs: &[Observation],
 ) -> Vec<Decision> {
-    for (l, o) in links.iter_mut().zip(obs) {
-        update_link(cfg, now, l, o);
-    }
+    let rescues: Vec<Option<Instant>> = links
+        .iter_mut()
+        .zip(obs)
+        .map(|(l, o)| update_link(cfg, now, l, o))
+        .collect();
     let max_cap = links
         .iter()
         .filter(|l| l.state == LinkState::Up)
@@ -180,7 +244,8 @@ pub fn tick(
         .fold(0.0_f64, f64::max);
     links
         .iter_mut()
-        .map(|l| {
+        .zip(rescues)
+        .map(|(l, rescue_since)| {
             let target = match l.state {
                 LinkState::Up => ((f64::from(cfg.weight_scale) * l.capacity_kbps / max_cap).round()
                     as u32)
@@ -206,6 +271,7 @@ pub fn tick(
                 weight: l.weight,
                 weight_changed: moved,
                 suppress_data: l.state == LinkState::Dark,
+                rescue_since,
             }
         })
         .collect()
@@ -224,9 +290,32 @@ pub fn usable_kbps<'a>(
         * cfg.headroom
 }
 
-fn update_link(cfg: &ControllerConfig, now: Instant, l: &mut LinkControl, o: &Observation) {
+/// Updates one link; returns the rescue instant if it went dark at this tick.
+/// The link retransmissions should leave by: of the up links with room
+/// (sending below 90 % of their estimate), the one with the lowest RTT; if
+/// none has room, the one with the most. `None` while no link is up.
+pub fn retransmit_link<'a>(links: impl IntoIterator<Item = &'a LinkControl>) -> Option<usize> {
+    let up: Vec<(usize, &LinkControl)> = links
+        .into_iter()
+        .enumerate()
+        .filter(|(_, l)| l.state == LinkState::Up)
+        .collect();
+    let room = |l: &LinkControl| l.capacity_kbps - l.sent_kbps;
+    up.iter()
+        .filter(|(_, l)| l.sent_kbps < 0.9 * l.capacity_kbps)
+        .min_by_key(|(_, l)| l.rtt_ms().unwrap_or(u32::MAX))
+        .or_else(|| up.iter().max_by(|a, b| room(a.1).total_cmp(&room(b.1))))
+        .map(|(i, _)| *i)
+}
+
+fn update_link(
+    cfg: &ControllerConfig,
+    now: Instant,
+    l: &mut LinkControl,
+    o: &Observation,
+) -> Option<Instant> {
     if l.state == LinkState::Removed {
-        return;
+        return None;
     }
     // Rate pushed into the link, smoothed over about half a second.
     if let Some((t, b)) = l.last_sent_bytes {
@@ -237,35 +326,64 @@ fn update_link(cfg: &ControllerConfig, now: Instant, l: &mut LinkControl, o: &Ob
         }
     }
     l.last_sent_bytes = Some((now, o.sent_bytes));
+    l.counts.push_back((now, o.media_packets, o.nacked_packets));
+    while l
+        .counts
+        .front()
+        .is_some_and(|(t, ..)| now.duration_since(*t) > LOSS_WINDOW)
+    {
+        l.counts.pop_front();
+    }
 
+    let dark_after = l.dark_after(cfg);
     let heard_recently = o
         .last_heard
-        .is_some_and(|t| now.saturating_duration_since(t) < cfg.dark_after);
+        .is_some_and(|t| now.saturating_duration_since(t) < dark_after);
+    if !heard_recently {
+        l.heard_since = None;
+    } else if l.heard_since.is_none() {
+        l.heard_since = o.last_heard;
+    }
+    let mut rescue = None;
     match (l.state, heard_recently) {
         (LinkState::Probing, true) => l.set_state(LinkState::Up, now),
         (LinkState::Up, false) => {
             l.capacity_before_dark = l.capacity_kbps;
+            // A link that dies soon after it was taken back is flapping:
+            // it waits twice as long before the next time.
+            let flapped = l
+                .readmitted_at
+                .is_some_and(|t| now.duration_since(t) < cfg.flap_window);
+            l.hold_down = Some(match l.hold_down {
+                Some(h) if flapped => (h * 2).min(cfg.hold_down_max),
+                _ => cfg.hold_down,
+            });
             l.set_state(LinkState::Dark, now);
+            // What it sent since the last answer's round trip began may be lost.
+            let rtt = Duration::from_millis(l.rtt_ms().unwrap_or(0).into());
+            rescue = o.last_heard.map(|t| t.checked_sub(rtt).unwrap_or(t));
         }
-        (LinkState::Dark, true) => {
+        (LinkState::Dark, true)
+            if l.heard_since
+                .is_some_and(|t| now.duration_since(t) >= l.hold_down.unwrap_or_default()) =>
+        {
             l.capacity_kbps = (l.capacity_before_dark * 0.5).max(cfg.min_kbps);
             // The base-RTT window is kept: a lossy link flaps dark and back,
             // and a fresh window would learn its standing queue as the base.
             l.last_cut = Some(now);
+            l.readmitted_at = Some(now);
             l.set_state(LinkState::Up, now);
         }
         _ => {}
     }
     if l.state != LinkState::Up {
-        return;
+        return rescue;
     }
 
     if now.duration_since(l.state_since) < cfg.warmup {
-        return;
+        return None;
     }
-    let Some(rtt) = o.rtt_ms.filter(|r| *r > 0) else {
-        return;
-    };
+    let rtt = o.rtt_ms.filter(|r| *r > 0)?;
     l.rtts.push_back((now, rtt));
     while l
         .rtts
@@ -281,18 +399,35 @@ fn update_link(cfg: &ControllerConfig, now: Instant, l: &mut LinkControl, o: &Ob
     let cooldown = Duration::from_millis((2 * rtt).max(300).into());
     if queueing > high {
         if l.last_cut.is_none_or(|t| now.duration_since(t) >= cooldown) {
-            // Cut below what the link was carrying when its queue built up.
-            l.capacity_kbps = (l.capacity_kbps.min(l.sent_kbps) * 0.8).max(cfg.min_kbps);
+            // Cut below what the link was carrying when its queue built up,
+            // but not below what it delivers (what it is sent minus what the
+            // receiver NACKed): when more is offered than all links carry,
+            // every queue stands, and cuts alone would sink all estimates to
+            // the floor together, and the weights (their ratios) with them.
+            let delivered = l.sent_kbps * (1.0 - l.loss());
+            let cut = l.capacity_kbps.min(l.sent_kbps) * 0.8;
+            l.capacity_kbps = cut.max(delivered * 0.9).max(cfg.min_kbps);
             l.last_cut = Some(now);
         }
     } else if queueing < low && l.sent_kbps > 0.85 * l.capacity_kbps {
-        l.capacity_kbps = (l.capacity_kbps * 1.04 + 10.0).min(cfg.max_kbps);
+        // 4 % and 10 kbit/s per 100 ms, whatever the tick.
+        let ticks = cfg.tick.as_secs_f64() / 0.1;
+        l.capacity_kbps = (l.capacity_kbps * 1.04_f64.powf(ticks) + 10.0 * ticks).min(cfg.max_kbps);
     }
+    None
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The defaults at a 100 ms tick (the tests count ticks).
+    fn cfg() -> ControllerConfig {
+        ControllerConfig {
+            tick: Duration::from_millis(100),
+            ..Default::default()
+        }
+    }
 
     fn step(
         cfg: &ControllerConfig,
@@ -310,6 +445,7 @@ mod tests {
                     sent_bytes: sent[i],
                     last_heard: heard[i].then_some(now),
                     rtt_ms: Some(rtts[i]),
+                    ..Default::default()
                 }
             })
             .collect();
@@ -318,7 +454,7 @@ mod tests {
 
     #[test]
     fn overloaded_link_loses_weight() {
-        let cfg = ControllerConfig::default();
+        let cfg = cfg();
         let t0 = Instant::now();
         let mut links: Vec<_> = (0..2).map(|_| LinkControl::new(t0, 1000.0)).collect();
         let mut sent = [0, 0];
@@ -341,8 +477,10 @@ mod tests {
                 &[true, true],
             );
         }
+        // Cut below what it was sent (it delivers less: its queue grows),
+        // not below what it delivers (no NACKs here: all of it).
         assert!(
-            links[0].capacity_kbps() < 800.0,
+            links[0].capacity_kbps() <= 0.9 * 1500.0,
             "{}",
             links[0].capacity_kbps()
         );
@@ -357,7 +495,7 @@ mod tests {
 
     #[test]
     fn early_rtt_samples_do_not_cut_capacity() {
-        let cfg = ControllerConfig::default();
+        let cfg = cfg();
         let t0 = Instant::now();
         let mut links = vec![LinkControl::new(t0, 1000.0)];
         let mut sent = [0];
@@ -379,7 +517,7 @@ mod tests {
 
     #[test]
     fn dark_link_goes_to_zero_and_comes_back() {
-        let cfg = ControllerConfig::default();
+        let cfg = cfg();
         let t0 = Instant::now();
         let mut links: Vec<_> = (0..2).map(|_| LinkControl::new(t0, 2000.0)).collect();
         let mut sent = [0, 0];
@@ -399,6 +537,7 @@ mod tests {
                     },
                     last_heard: Some(now),
                     rtt_ms: Some(50),
+                    ..Default::default()
                 },
                 Observation {
                     sent_bytes: {
@@ -407,6 +546,7 @@ mod tests {
                     },
                     last_heard: Some(last_heard),
                     rtt_ms: Some(50),
+                    ..Default::default()
                 },
             ];
             let d = tick(&cfg, now, &mut links.iter_mut().collect::<Vec<_>>(), &obs);
@@ -414,18 +554,31 @@ mod tests {
                 assert_eq!((d[1].state, d[1].weight), (LinkState::Dark, 0));
                 assert!(d[1].suppress_data);
             }
-            if i == 41 {
+            // Declared dark 200 ms after the last reply (150 ms, at a 100 ms
+            // tick), and only that tick asks for a rescue, from one RTT
+            // before the last reply.
+            assert_eq!(
+                d[1].state == LinkState::Dark,
+                (21..45).contains(&i),
+                "tick {i}"
+            );
+            let rescue = (i == 21).then(|| last_heard - Duration::from_millis(50));
+            assert_eq!(d[1].rescue_since, rescue, "tick {i}");
+            if i == 43 {
+                // Heard again, but held down for 500 ms.
+                assert_eq!(d[1].state, LinkState::Dark);
+            }
+            if i == 45 {
                 assert_eq!(d[1].state, LinkState::Up);
                 assert!(d[1].weight >= 1);
             }
         }
-        // Darkness was declared 300-400 ms after the last reply.
         assert!(usable_kbps(&cfg, &links) > 0.0);
     }
 
     #[test]
     fn a_flapping_link_keeps_its_base_rtt() {
-        let cfg = ControllerConfig::default();
+        let cfg = cfg();
         let t0 = Instant::now();
         let mut links = vec![LinkControl::new(t0, 1000.0)];
         let mut sent = [0];
@@ -446,12 +599,14 @@ mod tests {
             );
         }
         assert_eq!(links[0].base_rtt_ms(), Some(100));
-        assert_eq!(links[0].capacity_kbps(), cfg.min_kbps);
+        // It went dark twice within seconds: held down ever longer, it is not
+        // taken back while it keeps dropping out.
+        assert_eq!(links[0].state(), LinkState::Dark);
     }
 
     #[test]
     fn probing_link_gets_token_weight_and_hysteresis_holds() {
-        let cfg = ControllerConfig::default();
+        let cfg = cfg();
         let t0 = Instant::now();
         let mut links = vec![LinkControl::new(t0, 1000.0), LinkControl::new(t0, 1000.0)];
         let mut sent = [0, 0];

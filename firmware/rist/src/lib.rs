@@ -22,6 +22,7 @@
 //! - the controller, because librist's own balancing uses static weights.
 
 pub mod controller;
+mod datagram;
 mod link;
 mod log;
 mod peer;
@@ -31,6 +32,7 @@ mod receiver;
 mod relay;
 mod sender;
 mod stats;
+mod steering;
 pub mod ts;
 
 pub use link::{LinkBind, LinkSpec, LinkState};

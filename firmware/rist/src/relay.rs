@@ -6,23 +6,29 @@
 //! Relays count every datagram, which is how the link controller knows a link
 //! went dark (nothing came back). The receiver has no relay: see
 //! [`port`](crate::port).
+//!
+//! The relays also do what librist cannot be told to do (see [`Steering`]):
+//! they read each media datagram's RTP sequence number ([`datagram`]), so a
+//! retransmission leaves by the link the controller picked instead of the one
+//! the receiver's NACK happened to arrive on, each NACKed packet is counted
+//! against the link that lost it, and the packets a link carried just before
+//! it went dark are sent again on live links at once.
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::datagram::Reader;
 use crate::link::LinkBind;
+use crate::steering::{Steering, Uplink};
 
 /// How long a blocking receive waits before checking the stop flag.
 const POLL_MS: i32 = 50;
-/// RIST control packets (keepalive, RTCP, NACK bursts aside) are below this;
-/// a data packet carries 1316 bytes of TS plus headers.
-const MAX_CONTROL: usize = 400;
 /// Largest datagram relayed (librist's own maximum is below this).
 const MAX_DATAGRAM: usize = 10_240;
 
@@ -44,6 +50,22 @@ pub(crate) struct RelayCounters {
     pub suppress_data: AtomicBool,
     /// Data datagrams dropped while suppressed.
     pub suppressed: AtomicU64,
+    /// New media datagrams (not retransmissions) this link carried.
+    pub media_out: AtomicU64,
+    /// Retransmissions the receiver asked for of media this link carried:
+    /// the link's real loss (with packets that came too late).
+    pub nacked: AtomicU64,
+    /// Retransmissions (of any link's media) that left by this link.
+    pub retransmits_out: AtomicU64,
+    /// Media this link had carried, sent again elsewhere when it went dark.
+    pub rescued: AtomicU64,
+    /// NACKs for media this link carried that left the receiver before the
+    /// packet could have arrived (not answered; see [`Steering`]).
+    pub early_nacks: AtomicU64,
+    /// The link's one-way delay as the controller sees it (half its RTT), ms.
+    pub one_way_ms: AtomicU32,
+    /// The controller's estimate of the link's capacity, kbit/s.
+    pub capacity_kbps: AtomicU32,
     /// Nanoseconds after `epoch` of the last datagram from the far end; 0 = never.
     last_in_ns: AtomicU64,
     /// Same, of the first datagram from the far end.
@@ -51,7 +73,7 @@ pub(crate) struct RelayCounters {
 }
 
 impl RelayCounters {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             epoch: Instant::now(),
             out_packets: AtomicU64::new(0),
@@ -62,6 +84,13 @@ impl RelayCounters {
             send_errors: AtomicU64::new(0),
             suppress_data: AtomicBool::new(false),
             suppressed: AtomicU64::new(0),
+            media_out: AtomicU64::new(0),
+            nacked: AtomicU64::new(0),
+            retransmits_out: AtomicU64::new(0),
+            rescued: AtomicU64::new(0),
+            early_nacks: AtomicU64::new(0),
+            one_way_ms: AtomicU32::new(0),
+            capacity_kbps: AtomicU32::new(0),
             last_in_ns: AtomicU64::new(0),
             first_in_ns: AtomicU64::new(0),
         }
@@ -77,7 +106,7 @@ impl RelayCounters {
             .compare_exchange(0, ns, Ordering::Relaxed, Ordering::Relaxed);
     }
 
-    fn mark_out(&self, bytes: usize) {
+    pub(crate) fn mark_out(&self, bytes: usize) {
         self.out_packets.fetch_add(1, Ordering::Relaxed);
         self.out_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
     }
@@ -140,15 +169,26 @@ fn loopback_socket(port: u16) -> io::Result<UdpSocket> {
     Ok(s)
 }
 
-/// A running relay thread and its counters. Stops on drop.
+/// A running relay thread and its link's way out. Stops (and leaves the
+/// steering) on drop.
 pub(crate) struct Relay {
-    pub counters: Arc<RelayCounters>,
+    pub uplink: Arc<Uplink>,
+    slot: usize,
+    steering: Arc<Steering>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
+impl Relay {
+    /// The link's counters.
+    pub fn counters(&self) -> &Arc<RelayCounters> {
+        &self.uplink.counters
+    }
+}
+
 impl Drop for Relay {
     fn drop(&mut self) {
+        self.steering.detach(self.slot, &self.uplink);
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -156,30 +196,48 @@ impl Drop for Relay {
     }
 }
 
+/// Where a sender relay sits: its link's slot in the bond, the steering the
+/// bond's relays share, and how to read the sender's datagrams.
+pub(crate) struct Placement {
+    pub slot: usize,
+    pub steering: Arc<Steering>,
+    pub reader: Reader,
+}
+
 /// Sender side: librist's peer sends to `inside_port` on loopback; the relay
-/// forwards to `remote` through `outside`, and replies back to librist.
+/// forwards to `remote` through `outside` (or steers, see [`Steering`]), and
+/// replies back to librist.
 pub(crate) fn start_sender_relay(
     name: &str,
     inside_port: u16,
     outside: UdpSocket,
     remote: SocketAddr,
+    at: Placement,
 ) -> io::Result<(Relay, u16)> {
     let inside = loopback_socket(inside_port)?;
     let port = inside.local_addr()?.port();
+    let timeout = Some(Duration::from_millis(POLL_MS as u64));
+    inside.set_read_timeout(timeout)?;
+    outside.set_read_timeout(timeout)?;
     let counters = Arc::new(RelayCounters::new());
+    let uplink = Arc::new(Uplink::new(Arc::new(outside), remote, counters));
+    at.steering.attach(at.slot, uplink.clone());
     let stop = Arc::new(AtomicBool::new(false));
-    let (c, st) = (counters.clone(), stop.clone());
+    let (u, st, steering) = (uplink.clone(), stop.clone(), at.steering.clone());
     let name = name.to_string();
+    let (slot, reader) = (at.slot, at.reader);
     let thread = std::thread::Builder::new()
         .name(format!("rist-link-{name}"))
         .spawn(move || {
-            if let Err(e) = sender_loop(&name, inside, outside, remote, &c, &st) {
+            if let Err(e) = sender_loop(&name, inside, u, (slot, &steering, reader), &st) {
                 tracing::error!("link relay stopped: {e}");
             }
         })?;
     Ok((
         Relay {
-            counters,
+            uplink,
+            slot: at.slot,
+            steering: at.steering,
             stop,
             thread: Some(thread),
         },
@@ -192,32 +250,28 @@ pub(crate) fn start_sender_relay(
 fn sender_loop(
     name: &str,
     inside: UdpSocket,
-    outside: UdpSocket,
-    remote: SocketAddr,
-    c: &Arc<RelayCounters>,
+    uplink: Arc<Uplink>,
+    (slot, steering, mut reader): (usize, &Steering, Reader),
     stop: &Arc<AtomicBool>,
 ) -> io::Result<()> {
-    let timeout = Some(Duration::from_millis(POLL_MS as u64));
-    inside.set_read_timeout(timeout)?;
-    outside.set_read_timeout(timeout)?;
-    let (inside, outside) = (Arc::new(inside), Arc::new(outside));
+    let inside = Arc::new(inside);
     // librist's peer socket, learnt from its first datagram; replies go there.
     let librist: Arc<OnceLock<SocketAddr>> = Arc::default();
     let replies = {
-        let (i, o, l, c, st) = (
+        let (i, u, l, st) = (
             inside.clone(),
-            outside.clone(),
+            uplink.clone(),
             librist.clone(),
-            c.clone(),
             stop.clone(),
         );
         std::thread::Builder::new()
             .name(format!("rist-link-{name}-in"))
             .spawn(move || {
                 let mut buf = vec![0u8; MAX_DATAGRAM];
+                let c = &u.counters;
                 while !st.load(Ordering::Relaxed) {
-                    match o.recv_from(&mut buf) {
-                        Ok((n, from)) if from == remote => {
+                    match u.socket().recv_from(&mut buf) {
+                        Ok((n, from)) if from == u.remote() => {
                             c.mark_in(n);
                             if let Some(to) = l.get() {
                                 let _ = i.send_to(&buf[..n], to);
@@ -238,16 +292,8 @@ fn sender_loop(
             continue;
         };
         let _ = librist.get_or_init(|| from);
-        if n > MAX_CONTROL && c.suppress_data.load(Ordering::Relaxed) {
-            c.suppressed.fetch_add(1, Ordering::Relaxed);
-            continue;
-        }
-        match outside.send_to(&buf[..n], remote) {
-            Ok(_) => c.mark_out(n),
-            Err(_) => {
-                c.send_errors.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        let d = &buf[..n];
+        steering.forward(slot, &uplink, reader.media(d), d);
     }
     let _ = replies.join();
     Ok(())
@@ -264,7 +310,12 @@ mod tests {
         let remote = far.local_addr().unwrap();
         let outside =
             outside_socket(&LinkBind::Source("127.0.0.1".parse().unwrap()), &remote).unwrap();
-        let (relay, port) = start_sender_relay("t", 0, outside, remote).unwrap();
+        let at = Placement {
+            slot: 0,
+            steering: Arc::default(),
+            reader: Reader::new(None),
+        };
+        let (relay, port) = start_sender_relay("t", 0, outside, remote, at).unwrap();
         let lib = UdpSocket::bind("127.0.0.1:0").unwrap();
         lib.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         lib.send_to(b"data", ("127.0.0.1", port)).unwrap();
@@ -274,12 +325,19 @@ mod tests {
         far.send_to(b"ack", from).unwrap();
         let n = lib.recv(&mut b).unwrap();
         assert_eq!(&b[..n], b"ack");
-        assert_eq!(relay.counters.out_packets.load(Ordering::Relaxed), 1);
-        assert!(relay.counters.last_in().is_some());
+        // The relay counts after its send returns, which may be after "ack".
+        let t = Instant::now();
+        while relay.counters().out_packets.load(Ordering::Relaxed) == 0
+            && t.elapsed() < Duration::from_secs(2)
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(relay.counters().out_packets.load(Ordering::Relaxed), 1);
+        assert!(relay.counters().last_in().is_some());
         // A stranger's datagram is not passed to librist.
         let stranger = UdpSocket::bind("127.0.0.1:0").unwrap();
         stranger.send_to(b"x", from).unwrap();
         std::thread::sleep(Duration::from_millis(150));
-        assert_eq!(relay.counters.garbage.load(Ordering::Relaxed), 1);
+        assert_eq!(relay.counters().garbage.load(Ordering::Relaxed), 1);
     }
 }

@@ -12,12 +12,14 @@ use std::time::Instant;
 use strata_rist_sys as sys;
 
 use crate::controller::{self, ControllerConfig, LinkControl, Observation};
+use crate::datagram::Reader;
 use crate::link::{LinkSpec, LinkState};
 use crate::log::{LogSettings, LogTap};
 use crate::peer::{Ctx, Peer, peer_config, scrub, set_stats_callback};
 use crate::psk::Psk;
-use crate::relay::{self, Relay};
+use crate::relay::{self, Placement, Relay};
 use crate::stats::{BondStats, LinkStats};
+use crate::steering::Steering;
 use crate::ts::{DATAGRAM_PAYLOAD, TS_PACKET};
 
 /// How a bonded sender is set up.
@@ -69,8 +71,6 @@ pub enum SendError {
 struct PeerReport {
     rtt_ms: u32,
     sent: u64,
-    retransmitted: u64,
-    quality: f64,
 }
 
 /// A link and everything attached to it. Slots are never freed: librist 0.2.7
@@ -85,12 +85,15 @@ struct Slot {
     /// Relay bytes at the start of the share window, and the last share.
     share_start: u64,
     share: f64,
+    /// Loss and retransmission figures over the last seconds.
+    loss: LossWindow,
 }
 
 struct Shared {
     ctx: Ctx,
     cfg: SenderConfig,
     slots: Mutex<Vec<Slot>>,
+    steering: Arc<Steering>,
     /// Keyed by librist's peer id (creation order, from 1).
     reports: Mutex<HashMap<u32, PeerReport>>,
     stats: Mutex<BondStats>,
@@ -110,6 +113,9 @@ pub struct BondedSender {
     connected: bool,
 }
 
+/// Shortest spacing of two retransmissions of one packet over one peer, ms:
+/// librist's receivers ask again after 1.1 x max(50 ms, RTT).
+const RETRY_SPACING_MS: u32 = 50;
 /// Most datagrams held while no link has answered yet (about 8 s at 5 Mbit/s).
 const MAX_HELD: usize = 4096;
 /// Time after a link's first answer before librist accepts data for it.
@@ -140,6 +146,7 @@ impl BondedSender {
             ctx: Ctx(ctx),
             cfg,
             slots: Mutex::new(Vec::new()),
+            steering: Arc::default(),
             reports: Mutex::new(HashMap::new()),
             stats: Mutex::new(BondStats::default()),
             input_bytes: AtomicU64::new(0),
@@ -194,13 +201,24 @@ impl BondedSender {
             .initial_kbps
             .map_or(sh.cfg.controller.initial_kbps, f64::from);
         let now = Instant::now();
+        let placement = |slot| Placement {
+            slot,
+            steering: sh.steering.clone(),
+            reader: Reader::new(sh.cfg.psk.as_ref()),
+        };
         // Reuse a removed link's peer: rebind its relay's loopback port.
-        if let Some(slot) = slots
+        if let Some((i, slot)) = slots
             .iter_mut()
-            .find(|s| s.control.state() == LinkState::Removed)
+            .enumerate()
+            .find(|(_, s)| s.control.state() == LinkState::Removed)
         {
-            let (relay, _) =
-                relay::start_sender_relay(&spec.name, slot.inside_port, outside, spec.remote)?;
+            let (relay, _) = relay::start_sender_relay(
+                &spec.name,
+                slot.inside_port,
+                outside,
+                spec.remote,
+                placement(i),
+            )?;
             slot.relay = Some(relay);
             slot.control = LinkControl::new(now, initial);
             set_weight(sh.ctx, slot.peer, slot.control.weight());
@@ -208,9 +226,11 @@ impl BondedSender {
             slot.spec = spec;
             slot.share_start = 0;
             slot.share = 0.0;
+            slot.loss = LossWindow::default();
             return Ok(());
         }
-        let (relay, port) = relay::start_sender_relay(&spec.name, 0, outside, spec.remote)?;
+        let (relay, port) =
+            relay::start_sender_relay(&spec.name, 0, outside, spec.remote, placement(slots.len()))?;
         let url = format!("rist://127.0.0.1:{port}");
         let control = LinkControl::new(now, initial);
         let mut pc = peer_config(
@@ -221,6 +241,11 @@ impl BondedSender {
             &sh.cfg.cname,
         )
         .map_err(|e| SendError::Rist(e.to_string()))?;
+        // librist 0.2.7's sender answers a NACK for the same packet from the
+        // same peer at most once per max(that peer's RTT, recovery_length_min):
+        // with the minimum at the buffer length, a lost retransmission was
+        // never sent again. A sender peer uses the minimum for nothing else.
+        pc.recovery_length_min = RETRY_SPACING_MS;
         let mut peer = ptr::null_mut();
         // SAFETY: ctx is live and pc a valid configuration; librist copies it.
         let rc = unsafe { sys::rist_peer_create(sh.ctx.0, &mut peer, &pc) };
@@ -240,6 +265,7 @@ impl BondedSender {
             control,
             share_start: 0,
             share: 0.0,
+            loss: LossWindow::default(),
         });
         Ok(())
     }
@@ -333,7 +359,7 @@ impl BondedSender {
         slots.iter().any(|s| {
             s.relay
                 .as_ref()
-                .and_then(|r| r.counters.first_in())
+                .and_then(|r| r.counters().first_in())
                 .is_some_and(|t| t.elapsed() >= CONNECT_SETTLE)
         })
     }
@@ -416,8 +442,6 @@ unsafe extern "C" fn stats_cb(arg: *mut c_void, stats: *const sys::rist_stats) -
         r.rtt_ms = last_measured_rtt(st).unwrap_or(p.rtt);
         // librist's counters are per interval.
         r.sent += p.sent;
-        r.retransmitted += p.retransmitted;
-        r.quality = p.quality;
     }
     // SAFETY: librist hands ownership of the container to the callback.
     unsafe { sys::rist_stats_free(stats) };
@@ -451,13 +475,17 @@ fn control_loop(sh: &Shared) {
             .iter()
             .enumerate()
             .map(|(i, s)| {
-                let c = s.relay.as_ref().map(|r| r.counters.clone());
+                let c = s.relay.as_ref().map(|r| r.counters().clone());
                 Observation {
                     sent_bytes: c
                         .as_ref()
                         .map_or(0, |c| c.out_bytes.load(Ordering::Relaxed)),
                     last_heard: c.as_ref().and_then(|c| c.last_in()),
                     rtt_ms: reports.get(&(i as u32 + 1)).map(|r| r.rtt_ms),
+                    media_packets: c
+                        .as_ref()
+                        .map_or(0, |c| c.media_out.load(Ordering::Relaxed)),
+                    nacked_packets: c.as_ref().map_or(0, |c| c.nacked.load(Ordering::Relaxed)),
                 }
             })
             .collect();
@@ -465,14 +493,32 @@ fn control_loop(sh: &Shared) {
         let mut controls: Vec<&mut LinkControl> =
             slots.iter_mut().map(|s| &mut s.control).collect();
         let decisions = controller::tick(&cfg, now, &mut controls, &obs);
-        for ((s, d), before) in slots.iter_mut().zip(&decisions).zip(before) {
+        // Where a dead link's last packets and every retransmission go.
+        let live: Vec<(usize, f64)> = slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.control.state() == LinkState::Up)
+            .map(|(i, s)| (i, s.control.capacity_kbps()))
+            .collect();
+        sh.steering.set_retransmit_link(controller::retransmit_link(
+            slots.iter().map(|s| &s.control),
+        ));
+        for (i, ((s, d), before)) in slots.iter_mut().zip(&decisions).zip(before).enumerate() {
+            if let Some(r) = &s.relay {
+                let c = r.counters();
+                // Silence the link before librist copies the stream to it.
+                c.suppress_data.store(d.suppress_data, Ordering::Relaxed);
+                let one_way = s.control.rtt_ms().unwrap_or(0) / 2;
+                c.one_way_ms.store(one_way, Ordering::Relaxed);
+                let kbps = s.control.capacity_kbps().round() as u32;
+                c.capacity_kbps.store(kbps, Ordering::Relaxed);
+            }
             if d.weight_changed {
                 set_weight(sh.ctx, s.peer, d.weight);
             }
-            if let Some(r) = &s.relay {
-                r.counters
-                    .suppress_data
-                    .store(d.suppress_data, Ordering::Relaxed);
+            if let Some(since) = d.rescue_since {
+                let n = sh.steering.rescue(i, since, &live);
+                tracing::info!(link = %s.spec.name, packets = n, "link dark: its last packets sent again on live links");
             }
             if before != d.state && before != LinkState::Removed {
                 tracing::info!(link = %s.spec.name, state = ?d.state, weight = d.weight, "link state");
@@ -492,6 +538,9 @@ fn control_loop(sh: &Shared) {
                     0.0
                 };
                 s.share_start = relay_bytes(s);
+                if let Some(r) = &s.relay {
+                    s.loss.push(now, r.counters());
+                }
             }
             last_share_at = now;
         }
@@ -506,21 +555,19 @@ fn control_loop(sh: &Shared) {
                     rtt_ms: (r.rtt_ms > 0).then_some(r.rtt_ms),
                     base_rtt_ms: s.control.base_rtt_ms(),
                     sent_packets: r.sent,
-                    retransmitted_packets: r.retransmitted,
+                    retransmitted_packets: counter(s, |c| &c.retransmits_out),
                     sent_bytes: relay_bytes(s),
                     sent_kbps: s.control.sent_kbps(),
                     capacity_kbps: s.control.capacity_kbps(),
                     weight: s.control.weight(),
                     share: s.share,
-                    loss_percent: if r.quality > 0.0 {
-                        (100.0 - r.quality).max(0.0)
-                    } else {
-                        0.0
-                    },
-                    send_errors: s
-                        .relay
-                        .as_ref()
-                        .map_or(0, |r| r.counters.send_errors.load(Ordering::Relaxed)),
+                    loss_percent: s.loss.loss_percent(),
+                    retransmit_percent: s.loss.retransmit_percent(),
+                    media_packets: counter(s, |c| &c.media_out),
+                    nacked_packets: counter(s, |c| &c.nacked),
+                    early_nacks: counter(s, |c| &c.early_nacks),
+                    rescued_packets: counter(s, |c| &c.rescued),
+                    send_errors: counter(s, |c| &c.send_errors),
                 }
             })
             .collect();
@@ -536,7 +583,65 @@ fn control_loop(sh: &Shared) {
 }
 
 fn relay_bytes(s: &Slot) -> u64 {
+    counter(s, |c| &c.out_bytes)
+}
+
+/// One of the link's relay counters (0 while the link is removed).
+fn counter(s: &Slot, which: impl Fn(&relay::RelayCounters) -> &AtomicU64) -> u64 {
     s.relay
         .as_ref()
-        .map_or(0, |r| r.counters.out_bytes.load(Ordering::Relaxed))
+        .map_or(0, |r| which(r.counters()).load(Ordering::Relaxed))
+}
+
+/// A link's loss and retransmission share over the last [`LossWindow::SPAN`]
+/// seconds, from its relay's counters sampled once a second.
+#[derive(Debug, Default)]
+struct LossWindow {
+    /// (when, media sent, NACKed, datagrams out, retransmissions out).
+    samples: std::collections::VecDeque<(Instant, [u64; 4])>,
+}
+
+impl LossWindow {
+    /// Seconds of history the figures cover.
+    const SPAN: usize = 10;
+
+    fn push(&mut self, now: Instant, c: &relay::RelayCounters) {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let v = [
+            load(&c.media_out),
+            load(&c.nacked),
+            load(&c.out_packets),
+            load(&c.retransmits_out),
+        ];
+        if self.samples.len() > Self::SPAN {
+            self.samples.pop_front();
+        }
+        self.samples.push_back((now, v));
+    }
+
+    /// Change of counter `i` over the window.
+    fn delta(&self, i: usize) -> u64 {
+        match (self.samples.front(), self.samples.back()) {
+            (Some(a), Some(b)) => b.1[i].saturating_sub(a.1[i]),
+            _ => 0,
+        }
+    }
+
+    /// Media this link carried that the receiver NACKed, % of its media.
+    fn loss_percent(&self) -> f64 {
+        percent(self.delta(1), self.delta(0))
+    }
+
+    /// Retransmissions among the datagrams this link sent, %.
+    fn retransmit_percent(&self) -> f64 {
+        percent(self.delta(3), self.delta(2))
+    }
+}
+
+fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        (100.0 * part as f64 / whole as f64).min(100.0)
+    }
 }

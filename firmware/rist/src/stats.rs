@@ -17,7 +17,8 @@ pub struct LinkStats {
     pub base_rtt_ms: Option<u32>,
     /// RIST packets sent on this link (data and retransmissions).
     pub sent_packets: u64,
-    /// Retransmissions sent on this link (they go where the NACK came from).
+    /// Retransmissions that left by this link (they are steered: see the
+    /// crate docs).
     pub retransmitted_packets: u64,
     /// Bytes sent on this link, all RIST overhead included.
     pub sent_bytes: u64,
@@ -29,10 +30,22 @@ pub struct LinkStats {
     pub weight: u32,
     /// Share of the bond's traffic over the last second, 0..1.
     pub share: f64,
-    /// Packet loss toward the receiver in percent, as librist's sender sees it
-    /// (100 - its quality figure); RIST NACKs name packets, not links, so this
-    /// is an estimate.
+    /// Packet loss toward the receiver over the last 10 s, in percent: media
+    /// this link carried that the receiver asked for again (NACKed), over
+    /// media it carried. Packets that arrived too late count too.
     pub loss_percent: f64,
+    /// Retransmissions among what this link sent over the last 10 s, in
+    /// percent (of any link's packets: retransmissions are steered).
+    pub retransmit_percent: f64,
+    /// New media packets this link carried (retransmissions not counted).
+    pub media_packets: u64,
+    /// Of those, how many the receiver asked for again (NACKed).
+    pub nacked_packets: u64,
+    /// NACKs for this link's packets that left the receiver before the packet
+    /// was due (the link is slower than another); not answered.
+    pub early_nacks: u64,
+    /// Packets this link had carried, sent again on live links when it went dark.
+    pub rescued_packets: u64,
     /// Datagrams the OS refused to send (interface gone).
     pub send_errors: u64,
 }

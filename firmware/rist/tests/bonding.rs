@@ -77,6 +77,22 @@ fn ts_over_three_lossy_links_arrives_byte_identical() {
     assert_eq!(st.peers.len(), 3, "{st:?}");
     assert!(st.peers.iter().all(|p| p.packets > 100), "{st:?}");
     assert!(st.peers.iter().all(|p| p.rtt_ms >= 30), "{st:?}");
+    // The relays read every encrypted datagram's RTP header: each original
+    // packet was counted once, on the link that carried it, and NACKs were
+    // counted against links, a few per cent at most (a wrong decryption
+    // would flag about half the packets as retransmissions).
+    let bond = tx.stats();
+    let datagrams = (data.len() / 1316 + PADDING_DATAGRAMS) as u64;
+    let media: u64 = bond.links.iter().map(|l| l.media_packets).sum();
+    let nacked: u64 = bond.links.iter().map(|l| l.nacked_packets).sum();
+    assert!(
+        (datagrams..datagrams + 4).contains(&media),
+        "{media} media packets for {datagrams} datagrams: {bond:?}"
+    );
+    assert!(nacked > 0, "{st:?}, {bond:?}");
+    for l in &bond.links {
+        assert!(l.nacked_packets * 4 < l.media_packets, "{bond:?}");
+    }
 }
 
 #[test]
