@@ -3,6 +3,7 @@
 //! repeated id gets the first answer again and changes nothing.
 
 use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 
 use strata_proto::message::{
     Command, CommandBody, DeviceMessage, Event, EventKind, Inventory, Outcome, Reply,
@@ -11,6 +12,8 @@ use strata_proto::message::{
 use crate::config::AgentConfig;
 use crate::inventory::{self, Inputs};
 use crate::modems::ModemManager;
+use crate::modems::keeper::{DataStates, Keeper};
+use crate::modems::owner::OwnerChoices;
 use crate::network::NetworkManager;
 use crate::settings::StoredSettings;
 use crate::stream::{LinkPlan, Stream, StreamRequest};
@@ -40,6 +43,10 @@ pub struct Device {
     last_links: Vec<strata_proto::message::Link>,
     /// The modems as last read.
     pub modems: Vec<strata_proto::message::Modem>,
+    /// The owner's per-modem choices (APN, off), shared with the bearer keeper.
+    modem_choices: Arc<Mutex<OwnerChoices>>,
+    /// Each modem's data state, as the bearer keeper decided it.
+    modem_data: DataStates,
     /// An accepted update for the agent loop to fetch.
     pub update_job: Option<crate::update::Job>,
     /// The version being installed, from acceptance until it fails (or the restart).
@@ -106,6 +113,8 @@ impl Device {
             network_manager: None,
             last_links: Vec::new(),
             modems: Vec::new(),
+            modem_choices: Arc::new(Mutex::new(OwnerChoices::load(&cfg.data_dir))),
+            modem_data: DataStates::default(),
             update_job: None,
             updating: None,
         }
@@ -132,6 +141,14 @@ impl Device {
         let mut inv = inventory::inventory(&self.plan, &self.inputs);
         if self.detects_links() {
             inv.links = self.detect_links().await;
+        }
+        {
+            let choices = self.modem_choices.lock().expect("owner choices");
+            let data = self.modem_data.lock().expect("modem data states");
+            for m in &mut self.modems {
+                m.apn = choices.get(&m.id).apn;
+                m.data = data.get(&m.id).copied().unwrap_or(m.data);
+            }
         }
         for link in &mut inv.links {
             link.modem = self
@@ -194,6 +211,20 @@ impl Device {
             })
             .collect();
         self.last_links.clone()
+    }
+
+    /// The keeper of the modems' data connections, where the agent manages
+    /// them: modems enabled and links detected from NetworkManager (with
+    /// `[links] include` or in simulation, the interfaces are someone else's).
+    pub fn bearer_keeper(&self) -> Option<Keeper> {
+        (self.cfg.modems.enabled && self.detects_links()).then(|| {
+            Keeper::new(
+                self.cfg.modems.bus.clone(),
+                self.cfg.links.bus.clone(),
+                self.modem_choices.clone(),
+                self.modem_data.clone(),
+            )
+        })
     }
 
     /// ModemManager, connected on first use (and retried while it is not there).
@@ -324,11 +355,33 @@ impl Device {
                 Outcome::Ok
             }
             CommandBody::SetModemEnabled { modem, enabled } => match self.modem_manager().await {
-                Some(mm) => outcome(mm.set_enabled(&modem, enabled).await),
+                Some(mm) => {
+                    if let Err(why) = mm.set_enabled(&modem, enabled).await {
+                        return Outcome::Failed(why);
+                    }
+                    // Remembered, so the bearer keeper does not dial a modem the owner turned off.
+                    outcome(
+                        self.modem_choices
+                            .lock()
+                            .expect("owner choices")
+                            .update(&modem, |c| c.disabled = !enabled),
+                    )
+                }
                 None => no_modem_manager(&modem),
             },
             CommandBody::SetApn { modem, apn } => match self.modem_manager().await {
-                Some(mm) => outcome(mm.set_apn(&modem, &apn).await),
+                Some(mm) => {
+                    if let Err(why) = mm.set_apn(&modem, &apn).await {
+                        return Outcome::Failed(why);
+                    }
+                    // The data connection's APN: the keeper applies it (and re-dials a live bearer).
+                    outcome(
+                        self.modem_choices
+                            .lock()
+                            .expect("owner choices")
+                            .update(&modem, |c| c.apn = Some(apn)),
+                    )
+                }
                 None => no_modem_manager(&modem),
             },
             CommandBody::UnlockSim { modem, pin } => match self.modem_manager().await {
