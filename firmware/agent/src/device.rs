@@ -144,10 +144,9 @@ impl Device {
         }
         {
             let choices = self.modem_choices.lock().expect("owner choices");
-            let data = self.modem_data.lock().expect("modem data states");
             for m in &mut self.modems {
                 m.apn = choices.get(&m.id).apn;
-                m.data = data.get(&m.id).copied().unwrap_or(m.data);
+                m.data = self.modem_data.get(&m.id).unwrap_or(m.data);
             }
         }
         for link in &mut inv.links {
@@ -225,6 +224,11 @@ impl Device {
                 self.modem_data.clone(),
             )
         })
+    }
+
+    /// The modems' data states, to wait for a change of.
+    pub fn modem_data(&self) -> DataStates {
+        self.modem_data.clone()
     }
 
     /// ModemManager, connected on first use (and retried while it is not there).

@@ -163,11 +163,18 @@ async fn serve(
     let mut inventory_at = tokio::time::Instant::now();
     let mut renew_asked: Option<tokio::time::Instant> = None;
     let mut fetching: Option<tokio::sync::mpsc::Receiver<Fetch>> = None;
+    let modem_data = device.modem_data();
     // A download that a previous session of the channel started is gone with it.
     device.updating = None;
     device.update_job = None;
     loop {
         tokio::select! {
+            // A modem's bearer came up or went down: re-read the links at the next tick.
+            _ = modem_data.changed() => {
+                inventory_at = tokio::time::Instant::now()
+                    .checked_sub(INVENTORY_EVERY)
+                    .unwrap_or(inventory_at);
+            }
             Some(f) = next_fetch(&mut fetching) => match f {
                 Fetch::Progress(percent) => if let Some(v) = device.updating.clone() {
                     channel.send(&event(EventKind::UpdateProgress { version: v, percent }));

@@ -22,7 +22,7 @@ const DEVICE_ID: &str = "a1b2c3d4e5f60718293a4b5c6d7e8f9012345678";
 
 struct World {
     _bus: fake_mm::Bus,
-    _mm: zbus::Connection,
+    mm_conn: zbus::Connection,
     _nm: zbus::Connection,
     _dir: tempfile::TempDir,
     mm: Arc<Mutex<fake_mm::State>>,
@@ -56,7 +56,7 @@ async fn world(setup: impl FnOnce(&mut fake_mm::State)) -> World {
         .expect("links from NetworkManager: a keeper");
     World {
         _bus: bus,
-        _mm: mm_conn,
+        mm_conn,
         _nm: nm_conn,
         _dir: dir,
         mm,
@@ -180,10 +180,23 @@ async fn a_dropped_bearer_leaves_the_bond_and_comes_back_after_the_backoff() {
         (ModemData::Connected, vec!["eth0".into(), "wwan0".into()])
     );
 
+    // The agent loop is woken when a modem's state changes (to re-read the
+    // links at once), and only then.
+    let states = w.device.modem_data();
+    let woken = async || {
+        tokio::time::timeout(Duration::from_millis(50), states.changed())
+            .await
+            .is_ok()
+    };
+    assert!(woken().await, "connected: a change");
+    w.keeper.step(t0 + Duration::from_millis(600)).await;
+    assert!(!woken().await, "nothing changed");
+
     // The network drops the bearer (NM_DEVICE_STATE_REASON_MODEM_NO_CARRIER).
     drop_bearer(&w.nm, 25);
     let dropped = t0 + Duration::from_secs(1);
     w.keeper.step(dropped).await;
+    assert!(woken().await, "dropped: a change");
     assert_eq!(
         w.seen().await,
         (
@@ -212,6 +225,44 @@ async fn a_dropped_bearer_leaves_the_bond_and_comes_back_after_the_backoff() {
     assert_eq!(w.activations(), 2);
     w.keeper.step(again + Duration::from_millis(4000)).await;
     assert_eq!(w.activations(), 3);
+}
+
+#[tokio::test]
+async fn an_unplugged_modem_comes_back_by_itself_when_plugged_in_again() {
+    let mut w = world(|_| {}).await;
+    let t0 = Instant::now();
+    w.keeper.step(t0).await;
+    w.keeper.step(t0 + Duration::from_millis(500)).await;
+    assert_eq!(w.seen().await.0, ModemData::Connected);
+
+    fake_mm::unplug(&w.mm_conn).await;
+    fake_nm::plug_modem(&w.nm, false);
+    w.keeper.step(t0 + Duration::from_secs(1)).await;
+    let inv = w.device.inventory().await;
+    assert!(inv.modems.is_empty(), "{:?}", inv.modems);
+    let up: Vec<_> = inv
+        .links
+        .iter()
+        .filter(|l| l.up)
+        .map(|l| l.name.as_str())
+        .collect();
+    assert_eq!(up, ["eth0"]);
+
+    // Plugged in again: dialled at the next look, no backoff (a new modem to the keeper).
+    fake_mm::plug(&w.mm_conn, w.mm.clone()).await;
+    fake_nm::plug_modem(&w.nm, true);
+    w.keeper.step(t0 + Duration::from_millis(1100)).await;
+    assert_eq!(w.activations(), 2);
+    w.keeper.step(t0 + Duration::from_millis(1200)).await;
+    assert_eq!(
+        w.seen().await,
+        (ModemData::Connected, vec!["eth0".into(), "wwan0".into()])
+    );
+    assert_eq!(
+        w.nm.lock().unwrap().connections.len(),
+        1,
+        "the same connection"
+    );
 }
 
 #[tokio::test]

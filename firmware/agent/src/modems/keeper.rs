@@ -22,8 +22,41 @@ use crate::network::{NetworkManager, NmDevice, TYPE_MODEM};
 /// How often the keeper looks.
 pub const EVERY: Duration = Duration::from_secs(1);
 
-/// Each modem's data state, by modem id, as the keeper last decided it.
-pub type DataStates = Arc<Mutex<HashMap<String, ModemData>>>;
+/// Each modem's data state, by modem id, as the keeper last decided it,
+/// and a wake-up for whoever reads links when one changes (a bearer that
+/// came up should join the bond now, not at the next 10 s inventory).
+#[derive(Debug, Default)]
+pub struct ModemDataStates {
+    by_modem: Mutex<HashMap<String, ModemData>>,
+    changed: tokio::sync::Notify,
+}
+
+/// Shared between the keeper and the device.
+pub type DataStates = Arc<ModemDataStates>;
+
+impl ModemDataStates {
+    /// One modem's state, if the keeper has seen it.
+    pub fn get(&self, modem: &str) -> Option<ModemData> {
+        self.by_modem
+            .lock()
+            .expect("modem data states")
+            .get(modem)
+            .copied()
+    }
+
+    fn replace(&self, states: HashMap<String, ModemData>) {
+        let mut by_modem = self.by_modem.lock().expect("modem data states");
+        if *by_modem != states {
+            *by_modem = states;
+            self.changed.notify_one();
+        }
+    }
+
+    /// Resolves when a modem's data state changed.
+    pub async fn changed(&self) {
+        self.changed.notified().await
+    }
+}
 
 /// Brings modem data connections up and keeps them up.
 pub struct Keeper {
@@ -104,7 +137,7 @@ impl Keeper {
             let data = self.keep(now, &nm, m, &devices).await;
             states.insert(m.modem.id.clone(), data);
         }
-        *self.states.lock().expect("modem data states") = states;
+        self.states.replace(states);
     }
 
     async fn keep(
@@ -135,12 +168,7 @@ impl Keeper {
             settings_changed: self.applied.get(id).is_some_and(|a| *a != wanted),
         };
         let b = self.bearers.entry(id.clone()).or_default();
-        let before = *self
-            .states
-            .lock()
-            .expect("modem data states")
-            .get(id)
-            .unwrap_or(&ModemData::Unknown);
+        let before = self.states.get(id).unwrap_or(ModemData::Unknown);
         let plan = b.step(now, &facts);
         if plan.data != before {
             match plan.data {

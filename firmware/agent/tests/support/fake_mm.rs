@@ -224,6 +224,27 @@ pub async fn fake_modem_manager(bus: &Bus, state: Arc<Mutex<State>>) -> zbus::Co
         .unwrap()
 }
 
+const MODEM_PATH: &str = "/org/freedesktop/ModemManager1/Modem/0";
+
+/// The modem is unplugged: its objects leave the bus (as ModemManager's do).
+pub async fn unplug(mm: &zbus::Connection) {
+    let server = mm.object_server();
+    server.remove::<FakeModem, _>(MODEM_PATH).await.unwrap();
+    server.remove::<Fake3gpp, _>(MODEM_PATH).await.unwrap();
+    server.remove::<FakeSignal, _>(MODEM_PATH).await.unwrap();
+}
+
+/// The modem is plugged in again.
+pub async fn plug(mm: &zbus::Connection, state: Arc<Mutex<State>>) {
+    let server = mm.object_server();
+    server
+        .at(MODEM_PATH, FakeModem(state.clone()))
+        .await
+        .unwrap();
+    server.at(MODEM_PATH, Fake3gpp(state)).await.unwrap();
+    server.at(MODEM_PATH, FakeSignal).await.unwrap();
+}
+
 /// A locked SIM, signal 71 %, enabled.
 pub fn state() -> Arc<Mutex<State>> {
     Arc::new(Mutex::new(State {

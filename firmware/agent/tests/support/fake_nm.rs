@@ -31,6 +31,8 @@ pub struct Dev {
     pub udi: String,
     /// Its IPv4 address while it has one.
     pub ipv4: Option<String>,
+    /// Plugged in (listed by GetDevices).
+    pub present: bool,
 }
 
 /// What the fake holds and what the agent did to it.
@@ -58,6 +60,7 @@ pub fn state(modem_up: bool) -> Arc<Mutex<Nm>> {
         reason: 0,
         udi: udi.into(),
         ipv4: v4.map(String::from),
+        present: true,
     };
     let modem = if modem_up {
         dev("cdc-wdm0", "wwan0", 8, 100, MM_MODEM, Some("10.64.1.2"))
@@ -93,6 +96,12 @@ pub fn drop_bearer(nm: &Arc<Mutex<Nm>>, reason: u32) {
     d.ipv4 = None;
 }
 
+/// The modem is unplugged (`present` false) or plugged in again, its bearer down.
+pub fn plug_modem(nm: &Arc<Mutex<Nm>>, present: bool) {
+    drop_bearer(nm, 36); // NM_DEVICE_STATE_REASON_REMOVED
+    nm.lock().unwrap().devices[MODEM].present = present;
+}
+
 fn device_path(n: usize) -> OwnedObjectPath {
     OwnedObjectPath::try_from(format!("/org/freedesktop/NetworkManager/Devices/{}", n + 1)).unwrap()
 }
@@ -125,7 +134,9 @@ struct FakeNm(Arc<Mutex<Nm>>);
 #[zbus::interface(name = "org.freedesktop.NetworkManager")]
 impl FakeNm {
     fn get_devices(&self) -> Vec<OwnedObjectPath> {
-        (0..self.0.lock().unwrap().devices.len())
+        let s = self.0.lock().unwrap();
+        (0..s.devices.len())
+            .filter(|n| s.devices[*n].present)
             .map(device_path)
             .collect()
     }
