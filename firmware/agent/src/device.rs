@@ -12,11 +12,13 @@ use strata_proto::message::{
 use crate::config::AgentConfig;
 use crate::inventory::{self, Inputs};
 use crate::modems::ModemManager;
-use crate::modems::keeper::{DataStates, Keeper};
+use crate::modems::keeper::DataStates;
 use crate::modems::owner::OwnerChoices;
 use crate::network::NetworkManager;
 use crate::settings::StoredSettings;
 use crate::stream::{LinkPlan, Stream, StreamRequest};
+
+mod modems;
 
 /// How many answered command ids are remembered.
 const REMEMBERED: usize = 256;
@@ -67,17 +69,11 @@ fn name(body: &CommandBody) -> &'static str {
     }
 }
 
-fn outcome(r: Result<(), String>) -> Outcome {
+pub(crate) fn outcome(r: Result<(), String>) -> Outcome {
     match r {
         Ok(()) => Outcome::Ok,
         Err(why) => Outcome::Failed(why),
     }
-}
-
-fn no_modem_manager(modem: &str) -> Outcome {
-    Outcome::Failed(format!(
-        "no modem {modem:?} on this device (ModemManager is not reachable)"
-    ))
 }
 
 /// The SoC temperature from the first thermal zone, °C.
@@ -212,39 +208,6 @@ impl Device {
         self.last_links.clone()
     }
 
-    /// The keeper of the modems' data connections, where the agent manages
-    /// them: modems enabled and links detected from NetworkManager (with
-    /// `[links] include` or in simulation, the interfaces are someone else's).
-    pub fn bearer_keeper(&self) -> Option<Keeper> {
-        (self.cfg.modems.enabled && self.detects_links()).then(|| {
-            Keeper::new(
-                self.cfg.modems.bus.clone(),
-                self.cfg.links.bus.clone(),
-                self.modem_choices.clone(),
-                self.modem_data.clone(),
-            )
-        })
-    }
-
-    /// The modems' data states, to wait for a change of.
-    pub fn modem_data(&self) -> DataStates {
-        self.modem_data.clone()
-    }
-
-    /// ModemManager, connected on first use (and retried while it is not there).
-    async fn modem_manager(&mut self) -> Option<ModemManager> {
-        if !self.cfg.modems.enabled {
-            return None;
-        }
-        if self.modem_manager.is_none() {
-            match ModemManager::connect(self.cfg.modems.bus.as_deref()).await {
-                Ok(mm) => self.modem_manager = Some(mm),
-                Err(e) => tracing::debug!(error = %e, "no D-Bus for ModemManager"),
-            }
-        }
-        self.modem_manager.clone()
-    }
-
     /// Live numbers of the stream, with each cellular link's modem signal.
     pub fn telemetry(&self) -> Option<strata_proto::message::Telemetry> {
         let mut t = self.stream.as_ref()?.telemetry(now_ms());
@@ -358,40 +321,11 @@ impl Device {
                 }
                 Outcome::Ok
             }
-            CommandBody::SetModemEnabled { modem, enabled } => match self.modem_manager().await {
-                Some(mm) => {
-                    if let Err(why) = mm.set_enabled(&modem, enabled).await {
-                        return Outcome::Failed(why);
-                    }
-                    // Remembered, so the bearer keeper does not dial a modem the owner turned off.
-                    outcome(
-                        self.modem_choices
-                            .lock()
-                            .expect("owner choices")
-                            .update(&modem, |c| c.disabled = !enabled),
-                    )
-                }
-                None => no_modem_manager(&modem),
-            },
-            CommandBody::SetApn { modem, apn } => match self.modem_manager().await {
-                Some(mm) => {
-                    if let Err(why) = mm.set_apn(&modem, &apn).await {
-                        return Outcome::Failed(why);
-                    }
-                    // The data connection's APN: the keeper applies it (and re-dials a live bearer).
-                    outcome(
-                        self.modem_choices
-                            .lock()
-                            .expect("owner choices")
-                            .update(&modem, |c| c.apn = Some(apn)),
-                    )
-                }
-                None => no_modem_manager(&modem),
-            },
-            CommandBody::UnlockSim { modem, pin } => match self.modem_manager().await {
-                Some(mm) => outcome(mm.unlock_sim(&modem, &pin.0).await),
-                None => no_modem_manager(&modem),
-            },
+            CommandBody::SetModemEnabled { modem, enabled } => {
+                self.set_modem_enabled(&modem, enabled).await
+            }
+            CommandBody::SetApn { modem, apn } => self.set_apn(&modem, &apn).await,
+            CommandBody::UnlockSim { modem, pin } => self.unlock_sim(&modem, &pin.0).await,
             CommandBody::CertificateIssued { chain_pem } => {
                 self.issued_certificate = Some(chain_pem);
                 Outcome::Ok

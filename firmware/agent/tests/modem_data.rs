@@ -128,7 +128,9 @@ async fn a_modem_gets_a_gsm_connection_auto_configured_then_with_the_owners_apn(
     }
     assert_eq!(w.activations(), 1);
 
-    // The owner sets an APN: the same connection gets it and is re-activated.
+    // The owner sets an APN: the same connection gets it and is re-activated,
+    // even though this modem has no LTE attach profile to take it too.
+    w.mm.lock().unwrap().attach_refused = true;
     let apn = CommandBody::SetApn {
         modem: MODEM.into(),
         apn: "internet.telia.se".into(),

@@ -237,19 +237,33 @@ impl ModemManager {
             .map_err(|e| format!("ModemManager refused: {}", mm_error(&e)))
     }
 
-    /// Sets the APN of the default LTE bearer (attach APN).
-    pub async fn set_apn(&self, id: &str, apn: &str) -> Result<(), String> {
+    /// Sets a modem's APN: `store` keeps it for the data connection (the one
+    /// that carries the stream), then the LTE attach profile gets it too. A
+    /// modem without an attach profile (ModemManager refuses) still gets it
+    /// for its data connection, so that refusal is only logged.
+    pub async fn set_apn(
+        &self,
+        id: &str,
+        apn: &str,
+        store: impl FnOnce() -> Result<(), String>,
+    ) -> Result<(), String> {
         strata_proto::message::check_apn(apn)?;
         let m = self.find(id).await?;
+        store()?;
         let settings: HashMap<&str, Value<'_>> = HashMap::from([("apn", Value::from(apn))]);
-        self.call(
-            &m.path,
-            MODEM_3GPP,
-            "SetInitialEpsBearerSettings",
-            &(settings,),
-        )
-        .await
-        .map_err(|e| format!("ModemManager refused: {}", mm_error(&e)))
+        if let Err(e) = self
+            .call(
+                &m.path,
+                MODEM_3GPP,
+                "SetInitialEpsBearerSettings",
+                &(settings,),
+            )
+            .await
+        {
+            tracing::warn!(modem = %id, reason = %mm_error(&e),
+                "the modem keeps its LTE attach APN; its data connection uses the new one");
+        }
+        Ok(())
     }
 
     /// Unlocks the modem's SIM with a PIN: one try per PIN the owner enters.

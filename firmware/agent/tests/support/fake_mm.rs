@@ -21,6 +21,8 @@ pub struct State {
     pub registration: u32,
     pub enabled: bool,
     pub apn: Option<String>,
+    /// SetInitialEpsBearerSettings fails (a modem without an attach profile).
+    pub attach_refused: bool,
     pub pins_tried: Vec<String>,
 }
 
@@ -125,6 +127,9 @@ impl Fake3gpp {
         &self,
         settings: std::collections::HashMap<String, OwnedValue>,
     ) -> zbus::fdo::Result<()> {
+        if self.0.lock().unwrap().attach_refused {
+            return Err(zbus::fdo::Error::NotSupported("Unsupported".into()));
+        }
         let apn = settings
             .get("apn")
             .and_then(|v| String::try_from(v.try_clone().ok()?).ok());
@@ -255,6 +260,7 @@ pub fn state() -> Arc<Mutex<State>> {
         registration: 1,
         enabled: true,
         apn: None,
+        attach_refused: false,
         pins_tried: Vec::new(),
     }))
 }
