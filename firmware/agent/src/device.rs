@@ -3,6 +3,7 @@
 //! repeated id gets the first answer again and changes nothing.
 
 use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 
 use strata_proto::message::{
     Command, CommandBody, DeviceMessage, Event, EventKind, Inventory, Outcome, Reply,
@@ -11,9 +12,13 @@ use strata_proto::message::{
 use crate::config::AgentConfig;
 use crate::inventory::{self, Inputs};
 use crate::modems::ModemManager;
+use crate::modems::keeper::DataStates;
+use crate::modems::owner::OwnerChoices;
 use crate::network::NetworkManager;
 use crate::settings::StoredSettings;
 use crate::stream::{LinkPlan, Stream, StreamRequest};
+
+mod modems;
 
 /// How many answered command ids are remembered.
 const REMEMBERED: usize = 256;
@@ -40,6 +45,10 @@ pub struct Device {
     last_links: Vec<strata_proto::message::Link>,
     /// The modems as last read.
     pub modems: Vec<strata_proto::message::Modem>,
+    /// The owner's per-modem choices (APN, off), shared with the bearer keeper.
+    modem_choices: Arc<Mutex<OwnerChoices>>,
+    /// Each modem's data state, as the bearer keeper decided it.
+    modem_data: DataStates,
     /// An accepted update for the agent loop to fetch.
     pub update_job: Option<crate::update::Job>,
     /// The version being installed, from acceptance until it fails (or the restart).
@@ -60,17 +69,11 @@ fn name(body: &CommandBody) -> &'static str {
     }
 }
 
-fn outcome(r: Result<(), String>) -> Outcome {
+pub(crate) fn outcome(r: Result<(), String>) -> Outcome {
     match r {
         Ok(()) => Outcome::Ok,
         Err(why) => Outcome::Failed(why),
     }
-}
-
-fn no_modem_manager(modem: &str) -> Outcome {
-    Outcome::Failed(format!(
-        "no modem {modem:?} on this device (ModemManager is not reachable)"
-    ))
 }
 
 /// The SoC temperature from the first thermal zone, °C.
@@ -106,6 +109,8 @@ impl Device {
             network_manager: None,
             last_links: Vec::new(),
             modems: Vec::new(),
+            modem_choices: Arc::new(Mutex::new(OwnerChoices::load(&cfg.data_dir))),
+            modem_data: DataStates::default(),
             update_job: None,
             updating: None,
         }
@@ -132,6 +137,13 @@ impl Device {
         let mut inv = inventory::inventory(&self.plan, &self.inputs);
         if self.detects_links() {
             inv.links = self.detect_links().await;
+        }
+        {
+            let choices = self.modem_choices.lock().expect("owner choices");
+            for m in &mut self.modems {
+                m.apn = choices.get(&m.id).apn;
+                m.data = self.modem_data.get(&m.id).unwrap_or(m.data);
+            }
         }
         for link in &mut inv.links {
             link.modem = self
@@ -194,20 +206,6 @@ impl Device {
             })
             .collect();
         self.last_links.clone()
-    }
-
-    /// ModemManager, connected on first use (and retried while it is not there).
-    async fn modem_manager(&mut self) -> Option<ModemManager> {
-        if !self.cfg.modems.enabled {
-            return None;
-        }
-        if self.modem_manager.is_none() {
-            match ModemManager::connect(self.cfg.modems.bus.as_deref()).await {
-                Ok(mm) => self.modem_manager = Some(mm),
-                Err(e) => tracing::debug!(error = %e, "no D-Bus for ModemManager"),
-            }
-        }
-        self.modem_manager.clone()
     }
 
     /// Live numbers of the stream, with each cellular link's modem signal.
@@ -323,18 +321,11 @@ impl Device {
                 }
                 Outcome::Ok
             }
-            CommandBody::SetModemEnabled { modem, enabled } => match self.modem_manager().await {
-                Some(mm) => outcome(mm.set_enabled(&modem, enabled).await),
-                None => no_modem_manager(&modem),
-            },
-            CommandBody::SetApn { modem, apn } => match self.modem_manager().await {
-                Some(mm) => outcome(mm.set_apn(&modem, &apn).await),
-                None => no_modem_manager(&modem),
-            },
-            CommandBody::UnlockSim { modem, pin } => match self.modem_manager().await {
-                Some(mm) => outcome(mm.unlock_sim(&modem, &pin.0).await),
-                None => no_modem_manager(&modem),
-            },
+            CommandBody::SetModemEnabled { modem, enabled } => {
+                self.set_modem_enabled(&modem, enabled).await
+            }
+            CommandBody::SetApn { modem, apn } => self.set_apn(&modem, &apn).await,
+            CommandBody::UnlockSim { modem, pin } => self.unlock_sim(&modem, &pin.0).await,
             CommandBody::CertificateIssued { chain_pem } => {
                 self.issued_certificate = Some(chain_pem);
                 Outcome::Ok

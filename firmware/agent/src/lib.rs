@@ -12,7 +12,9 @@
 //!   encode -> TS -> the bonded RIST sender of `strata-rist`, one link per
 //!   interface ([`inventory`]), emulated by `strata-linksim` in simulation;
 //! - [`modems`]: ModemManager over D-Bus (zbus) for the modems in the
-//!   inventory, their signal in telemetry, and the owner's modem commands.
+//!   inventory, their signal in telemetry, and the owner's modem commands;
+//!   its bearer keeper brings each modem's NetworkManager GSM connection up
+//!   and keeps it up (retries with backoff).
 //!
 //! What we hand-write, and why: the enrollment client (a few HTTP calls of
 //! our own contract; no RFC 8628 client crate fits a CSR-carrying flow) and
@@ -83,6 +85,10 @@ pub async fn run(
         .map_err(|e| anyhow::anyhow!("data_dir {}: {e}", cfg.data_dir.display()))?;
     let mut identity = Identity::load_or_create(&cfg.data_dir)?;
     let mut device = Device::new(&cfg);
+    // Before enrollment too: the modems may be the only way to the relay.
+    if let Some(keeper) = device.bearer_keeper() {
+        tokio::spawn(keeper.run());
+    }
     let view = status_page::SharedView::default();
     if let Some(listen) = cfg.status_page.listen {
         status_page::serve(listen, view.clone()).await?;
@@ -157,11 +163,18 @@ async fn serve(
     let mut inventory_at = tokio::time::Instant::now();
     let mut renew_asked: Option<tokio::time::Instant> = None;
     let mut fetching: Option<tokio::sync::mpsc::Receiver<Fetch>> = None;
+    let modem_data = device.modem_data();
     // A download that a previous session of the channel started is gone with it.
     device.updating = None;
     device.update_job = None;
     loop {
         tokio::select! {
+            // A modem's bearer came up or went down: re-read the links at the next tick.
+            _ = modem_data.changed() => {
+                inventory_at = tokio::time::Instant::now()
+                    .checked_sub(INVENTORY_EVERY)
+                    .unwrap_or(inventory_at);
+            }
             Some(f) = next_fetch(&mut fetching) => match f {
                 Fetch::Progress(percent) => if let Some(v) = device.updating.clone() {
                     channel.send(&event(EventKind::UpdateProgress { version: v, percent }));

@@ -6,7 +6,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Largest payload either side accepts (an inventory of a busy device is a
 /// few KiB; anything near this is a fault or an attack).
@@ -66,11 +66,11 @@ mod tests {
         let ok = encode(&(7u32, "x".to_string()));
         assert_eq!(decode::<(u32, String)>(&ok).unwrap(), (7, "x".to_string()));
         assert_eq!(decode::<(u32, String)>(&[]), Err(DecodeError::NoVersion));
-        let mut v2 = postcard::to_stdvec(&2u16).unwrap();
-        v2.extend(&ok[1..]);
+        let mut other = postcard::to_stdvec(&(PROTOCOL_VERSION + 1)).unwrap();
+        other.extend(&ok[1..]);
         assert_eq!(
-            decode::<(u32, String)>(&v2),
-            Err(DecodeError::UnsupportedVersion(2))
+            decode::<(u32, String)>(&other),
+            Err(DecodeError::UnsupportedVersion(PROTOCOL_VERSION + 1))
         );
         assert!(matches!(
             decode::<(u32, String)>(&ok[..ok.len() - 1]),

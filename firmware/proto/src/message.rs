@@ -141,6 +141,41 @@ pub struct Modem {
     pub apn: Option<String>,
     /// Data interface.
     pub interface: Option<String>,
+    /// Whether it carries data, and if not, why.
+    pub data: ModemData,
+}
+
+/// Whether a modem carries data, and if not, why (the agent's bearer keeper
+/// decides it from ModemManager's and NetworkManager's states).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ModemData {
+    /// Not looked at yet (or the agent does not manage modem data here).
+    Unknown,
+    /// Its data bearer is up with an IPv4 address: a bond link.
+    Connected,
+    /// The data connection is being brought up.
+    Connecting,
+    /// Turned off by the owner.
+    Disabled,
+    /// No SIM in the modem.
+    NoSim,
+    /// The SIM needs its PIN.
+    SimPinRequired,
+    /// The SIM needs its PUK (too many wrong PINs).
+    SimPukLocked,
+    /// Locked by another code (a network or operator lock).
+    SimLocked,
+    /// Not registered: searching, no signal.
+    Searching,
+    /// The network refused the registration.
+    RegistrationDenied,
+    /// Registered on a visited network and roaming is not allowed.
+    RoamingNotAllowed,
+    /// The data bearer failed or dropped; retried with backoff.
+    BearerFailed {
+        /// NetworkManager's `NMDeviceStateReason` code.
+        nm_reason: u32,
+    },
 }
 
 /// Kind of media input.

@@ -85,6 +85,7 @@ fn samples() -> Vec<Sample> {
                     enabled: true,
                     apn: Some("internet".into()),
                     interface: Some("wwan0".into()),
+                    data: ModemData::BearerFailed { nm_reason: 29 },
                 }],
                 inputs: vec![Input {
                     id: "hdmi0".into(),

@@ -1,7 +1,7 @@
 //! A fake ModemManager at the hardware edge: on a private `dbus-daemon`,
 //! `org.freedesktop.ModemManager1` with the real interfaces (object manager,
 //! Modem, Modem3gpp, Signal, Sim) and one modem whose data port is `wwan0`.
-//! The PIN is 1234.
+//! The PIN is 1234; a SIM can also be missing or PUK-locked.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -13,8 +13,16 @@ use zbus::zvariant::{OwnedObjectPath, OwnedValue};
 pub struct State {
     pub signal: u32,
     pub locked: bool,
+    /// No SIM in the modem.
+    pub sim_missing: bool,
+    /// The SIM wants its PUK.
+    pub puk: bool,
+    /// Modem3gpp RegistrationState (1 home, 2 searching, 3 denied, 5 roaming).
+    pub registration: u32,
     pub enabled: bool,
     pub apn: Option<String>,
+    /// SetInitialEpsBearerSettings fails (a modem without an attach profile).
+    pub attach_refused: bool,
     pub pins_tried: Vec<String>,
 }
 
@@ -35,14 +43,43 @@ impl FakeModem {
         "861536030196001".into()
     }
     #[zbus(property)]
+    fn device_identifier(&self) -> String {
+        "a1b2c3d4e5f60718293a4b5c6d7e8f9012345678".into()
+    }
+    #[zbus(property)]
+    fn primary_port(&self) -> String {
+        "cdc-wdm0".into()
+    }
+    #[zbus(property)]
     fn unlock_required(&self) -> u32 {
-        // MM_MODEM_LOCK_SIM_PIN = 2, MM_MODEM_LOCK_NONE = 1
-        if self.0.lock().unwrap().locked { 2 } else { 1 }
+        // MM_MODEM_LOCK_SIM_PUK = 4, MM_MODEM_LOCK_SIM_PIN = 2, MM_MODEM_LOCK_NONE = 1
+        let s = self.0.lock().unwrap();
+        match (s.puk, s.locked) {
+            (true, _) => 4,
+            (false, true) => 2,
+            (false, false) => 1,
+        }
     }
     #[zbus(property)]
     fn state(&self) -> i32 {
-        // MM_MODEM_STATE_REGISTERED = 8, MM_MODEM_STATE_DISABLED = 3
-        if self.0.lock().unwrap().enabled { 8 } else { 3 }
+        // MM_MODEM_STATE_FAILED = -1, DISABLED = 3, REGISTERED = 8
+        let s = self.0.lock().unwrap();
+        if s.sim_missing {
+            -1
+        } else if s.enabled {
+            8
+        } else {
+            3
+        }
+    }
+    #[zbus(property)]
+    fn state_failed_reason(&self) -> u32 {
+        // MM_MODEM_STATE_FAILED_REASON_SIM_MISSING = 2
+        if self.0.lock().unwrap().sim_missing {
+            2
+        } else {
+            0
+        }
     }
     #[zbus(property)]
     fn signal_quality(&self) -> (u32, bool) {
@@ -54,7 +91,12 @@ impl FakeModem {
     }
     #[zbus(property)]
     fn sim(&self) -> OwnedObjectPath {
-        OwnedObjectPath::try_from("/org/freedesktop/ModemManager1/SIM/0").unwrap()
+        let path = if self.0.lock().unwrap().sim_missing {
+            "/"
+        } else {
+            "/org/freedesktop/ModemManager1/SIM/0"
+        };
+        OwnedObjectPath::try_from(path).unwrap()
     }
     #[zbus(property)]
     fn ports(&self) -> Vec<(String, u32)> {
@@ -77,10 +119,17 @@ impl Fake3gpp {
     fn operator_name(&self) -> String {
         "Telia".into()
     }
+    #[zbus(property)]
+    fn registration_state(&self) -> u32 {
+        self.0.lock().unwrap().registration
+    }
     async fn set_initial_eps_bearer_settings(
         &self,
         settings: std::collections::HashMap<String, OwnedValue>,
     ) -> zbus::fdo::Result<()> {
+        if self.0.lock().unwrap().attach_refused {
+            return Err(zbus::fdo::Error::NotSupported("Unsupported".into()));
+        }
         let apn = settings
             .get("apn")
             .and_then(|v| String::try_from(v.try_clone().ok()?).ok());
@@ -180,13 +229,38 @@ pub async fn fake_modem_manager(bus: &Bus, state: Arc<Mutex<State>>) -> zbus::Co
         .unwrap()
 }
 
+const MODEM_PATH: &str = "/org/freedesktop/ModemManager1/Modem/0";
+
+/// The modem is unplugged: its objects leave the bus (as ModemManager's do).
+pub async fn unplug(mm: &zbus::Connection) {
+    let server = mm.object_server();
+    server.remove::<FakeModem, _>(MODEM_PATH).await.unwrap();
+    server.remove::<Fake3gpp, _>(MODEM_PATH).await.unwrap();
+    server.remove::<FakeSignal, _>(MODEM_PATH).await.unwrap();
+}
+
+/// The modem is plugged in again.
+pub async fn plug(mm: &zbus::Connection, state: Arc<Mutex<State>>) {
+    let server = mm.object_server();
+    server
+        .at(MODEM_PATH, FakeModem(state.clone()))
+        .await
+        .unwrap();
+    server.at(MODEM_PATH, Fake3gpp(state)).await.unwrap();
+    server.at(MODEM_PATH, FakeSignal).await.unwrap();
+}
+
 /// A locked SIM, signal 71 %, enabled.
 pub fn state() -> Arc<Mutex<State>> {
     Arc::new(Mutex::new(State {
         signal: 71,
         locked: true,
+        sim_missing: false,
+        puk: false,
+        registration: 1,
         enabled: true,
         apn: None,
+        attach_refused: false,
         pins_tried: Vec::new(),
     }))
 }

@@ -2,11 +2,22 @@
 //! (`org.freedesktop.ModemManager1`, zbus): what the owner sees (model,
 //! IMEI, SIM, operator, access technology, signal, RSRP/RSRQ/SINR) and the
 //! owner's commands (enable, APN, SIM PIN). A PIN is only ever passed to
-//! ModemManager, never logged or echoed in a reply.
+//! ModemManager, never logged or echoed in a reply, and a PIN the SIM
+//! refused is never sent to it again (each wrong try brings a PUK lock nearer).
+//!
+//! The data connections: [`keeper`] brings each modem's NetworkManager GSM
+//! connection ([`connection`]) up and keeps it up, as [`bearer`] decides;
+//! [`owner`] keeps the owner's APN and on/off choices.
+
+pub mod bearer;
+pub mod connection;
+pub mod keeper;
+pub mod owner;
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
-use strata_proto::message::{Modem, SimState};
+use strata_proto::message::{Modem, ModemData, SimState};
 use zbus::zvariant::{OwnedObjectPath, OwnedValue, Value};
 
 const SERVICE: &str = "org.freedesktop.ModemManager1";
@@ -18,6 +29,8 @@ const SIM: &str = "org.freedesktop.ModemManager1.Sim";
 
 /// MMModemLock: `MM_MODEM_LOCK_NONE`.
 const LOCK_NONE: u32 = 1;
+/// MMModemLock: `MM_MODEM_LOCK_SIM_PUK`.
+const LOCK_SIM_PUK: u32 = 4;
 /// MMModemState: enabled and beyond (enabled, searching, registered, …).
 const STATE_ENABLED: i32 = 6;
 /// MMModemPortType: network interface.
@@ -31,6 +44,35 @@ type Props = HashMap<String, OwnedValue>;
 #[derive(Debug, Clone)]
 pub struct ModemManager {
     conn: zbus::Connection,
+    refused: RefusedPins,
+}
+
+/// The PINs each SIM refused (in memory only; never logged, never printed).
+#[derive(Clone, Default)]
+struct RefusedPins(Arc<Mutex<Vec<(String, String)>>>);
+
+impl std::fmt::Debug for RefusedPins {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.lock().map_or(0, |r| r.len());
+        write!(f, "RefusedPins({n})")
+    }
+}
+
+impl RefusedPins {
+    fn contains(&self, sim: &str, pin: &str) -> bool {
+        self.0
+            .lock()
+            .expect("refused PINs")
+            .iter()
+            .any(|(s, p)| s == sim && p == pin)
+    }
+
+    fn add(&self, sim: &str, pin: &str) {
+        self.0
+            .lock()
+            .expect("refused PINs")
+            .push((sim.to_string(), pin.to_string()));
+    }
 }
 
 /// A modem and where it lives on the bus.
@@ -42,6 +84,18 @@ pub struct FoundModem {
     pub sim: Option<OwnedObjectPath>,
     /// What the owner sees.
     pub modem: Modem,
+    /// `UnlockRequired` (MMModemLock).
+    pub lock: u32,
+    /// `State` (MMModemState).
+    pub state: i32,
+    /// `StateFailedReason` (MMModemStateFailedReason).
+    pub failed_reason: u32,
+    /// Modem3gpp `RegistrationState`, if it is a 3GPP modem.
+    pub registration: Option<u32>,
+    /// `DeviceIdentifier`: what NetworkManager's `gsm.device-id` binds to.
+    pub device_identifier: String,
+    /// `PrimaryPort`: NetworkManager's device `Interface` for it.
+    pub primary_port: String,
 }
 
 impl ModemManager {
@@ -49,6 +103,7 @@ impl ModemManager {
     pub async fn connect(address: Option<&str>) -> zbus::Result<ModemManager> {
         Ok(ModemManager {
             conn: bus(address).await?,
+            refused: RefusedPins::default(),
         })
     }
 
@@ -82,6 +137,7 @@ impl ModemManager {
                 let _ = self.call(&path, SIGNAL, "Setup", &(SIGNAL_RATE_S,)).await;
             }
             let sim = get::<OwnedObjectPath>(m, "Sim").filter(|p| p.as_str() != "/");
+            let lock = get::<u32>(m, "UnlockRequired").unwrap_or(0);
             let sim_state = match (&sim, get::<u32>(m, "UnlockRequired")) {
                 (None, _) => SimState::Missing,
                 (Some(_), Some(LOCK_NONE)) => SimState::Ready,
@@ -132,7 +188,14 @@ impl ModemManager {
                     enabled: get::<i32>(m, "State").is_some_and(|s| s >= STATE_ENABLED),
                     apn: None,
                     interface,
+                    data: ModemData::Unknown,
                 },
+                lock,
+                state: get::<i32>(m, "State").unwrap_or(0),
+                failed_reason: get::<u32>(m, "StateFailedReason").unwrap_or(0),
+                registration: gpp.and_then(|g| get::<u32>(g, "RegistrationState")),
+                device_identifier: get::<String>(m, "DeviceIdentifier").unwrap_or_default(),
+                primary_port: get::<String>(m, "PrimaryPort").unwrap_or_default(),
                 sim,
                 path,
             });
@@ -174,30 +237,56 @@ impl ModemManager {
             .map_err(|e| format!("ModemManager refused: {}", mm_error(&e)))
     }
 
-    /// Sets the APN of the default LTE bearer (attach APN).
-    pub async fn set_apn(&self, id: &str, apn: &str) -> Result<(), String> {
+    /// Sets a modem's APN: `store` keeps it for the data connection (the one
+    /// that carries the stream), then the LTE attach profile gets it too. A
+    /// modem without an attach profile (ModemManager refuses) still gets it
+    /// for its data connection, so that refusal is only logged.
+    pub async fn set_apn(
+        &self,
+        id: &str,
+        apn: &str,
+        store: impl FnOnce() -> Result<(), String>,
+    ) -> Result<(), String> {
         strata_proto::message::check_apn(apn)?;
         let m = self.find(id).await?;
+        store()?;
         let settings: HashMap<&str, Value<'_>> = HashMap::from([("apn", Value::from(apn))]);
-        self.call(
-            &m.path,
-            MODEM_3GPP,
-            "SetInitialEpsBearerSettings",
-            &(settings,),
-        )
-        .await
-        .map_err(|e| format!("ModemManager refused: {}", mm_error(&e)))
+        if let Err(e) = self
+            .call(
+                &m.path,
+                MODEM_3GPP,
+                "SetInitialEpsBearerSettings",
+                &(settings,),
+            )
+            .await
+        {
+            tracing::warn!(modem = %id, reason = %mm_error(&e),
+                "the modem keeps its LTE attach APN; its data connection uses the new one");
+        }
+        Ok(())
     }
 
-    /// Unlocks the modem's SIM with a PIN.
+    /// Unlocks the modem's SIM with a PIN: one try per PIN the owner enters.
+    /// A PIN this SIM already refused is not sent again, and nothing is sent
+    /// to a PUK-locked SIM, so the agent never uses up the SIM's tries.
     pub async fn unlock_sim(&self, id: &str, pin: &str) -> Result<(), String> {
         strata_proto::message::check_pin(pin)?;
         let m = self.find(id).await?;
         let sim = m.sim.ok_or_else(|| format!("modem {id:?} has no SIM"))?;
+        if m.lock == LOCK_SIM_PUK {
+            return Err(format!(
+                "the SIM in modem {id:?} is PUK-locked: unlock it with its PUK in a phone"
+            ));
+        }
+        if self.refused.contains(sim.as_str(), pin) {
+            return Err("the SIM already refused this PIN; not sending it again".into());
+        }
         // The error text is ModemManager's own ("wrong PIN"); it never holds the PIN.
-        self.call(&sim, SIM, "SendPin", &(pin,))
-            .await
-            .map_err(|e| format!("the SIM refused the PIN: {}", mm_error(&e)))
+        self.call(&sim, SIM, "SendPin", &(pin,)).await.map_err(|e| {
+            // Any failure may have cost a try (a timeout too): remember it.
+            self.refused.add(sim.as_str(), pin);
+            format!("the SIM refused the PIN: {}", mm_error(&e))
+        })
     }
 }
 
