@@ -15,16 +15,13 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use strata_proto::message::{Codec, EncoderSettings, LinkTelemetry, TEST_PATTERN, Telemetry};
-use strata_rist::{BondedSender, LinkBind, LinkSpec, LinkState, Psk, SenderConfig};
+use strata_rist::{BondedSender, LinkBind, LinkSpec, LinkState, Psk, SenderConfig, controller};
 
 use crate::config::SimulatedLink;
 use crate::inventory::Inputs;
 
 /// Audio bitrate, bit/s (AAC-LC stereo).
 const AUDIO_BPS: u32 = 128_000;
-/// Share of the bond's usable capacity given to video: the rest is audio,
-/// TS/RTP overhead and room for retransmissions.
-const VIDEO_SHARE: f64 = 0.80;
 
 /// Where the stream's links leave the device.
 #[derive(Debug, Clone)]
@@ -157,10 +154,8 @@ impl Stream {
                     .iter()
                     .map(|l| {
                         let at = sim.listen_addr(&l.name).expect("link just started");
-                        LinkSpec {
-                            initial_kbps: l.impairment.rate_kbps.map(|r| r * 8 / 10),
-                            ..LinkSpec::new(l.name.clone(), at)
-                        }
+                        // No initial rate: as on a real link, the controller learns it.
+                        LinkSpec::new(l.name.clone(), at)
                     })
                     .collect();
                 (specs, Some(sim))
@@ -407,7 +402,8 @@ impl Stream {
                         LinkState::Probing => strata_proto::message::LinkState::Probing,
                     },
                     rtt_ms: l.rtt_ms.unwrap_or(0),
-                    loss_permille: (l.loss_percent * 10.0).round().clamp(0.0, 1000.0) as u16,
+                    loss_permille: permille(l.loss_percent),
+                    retransmit_permille: permille(l.retransmit_percent),
                     kbps: l.sent_kbps.round().max(0.0) as u32,
                     share_permille: (l.share * 1000.0).round().clamp(0.0, 1000.0) as u16,
                     signal_percent: None,
@@ -431,9 +427,14 @@ impl Stream {
 }
 
 /// The video bitrate for a bond that can carry `usable` kbit/s.
+/// The video bitrate for the bond's usable capacity, within the owner's bounds.
 fn target_kbps(usable: f64, (min, max): (u32, u32)) -> u32 {
-    let video = usable * VIDEO_SHARE - f64::from(AUDIO_BPS / 1000);
-    (video.max(0.0) as u32).clamp(min, max)
+    let video = controller::video_kbps(usable, f64::from(AUDIO_BPS / 1000));
+    (video as u32).clamp(min, max)
+}
+
+fn permille(percent: f64) -> u16 {
+    (percent * 10.0).round().clamp(0.0, 1000.0) as u16
 }
 
 async fn resolve(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
@@ -628,7 +629,8 @@ mod tests {
 
     #[test]
     fn bitrate_follows_capacity_within_bounds() {
-        assert_eq!(target_kbps(5000.0, (500, 6000)), 3872);
+        // One headroom (the controller's), then mux overhead and audio.
+        assert_eq!(target_kbps(5000.0, (500, 6000)), 4622);
         assert_eq!(target_kbps(100.0, (500, 6000)), 500);
         assert_eq!(target_kbps(50_000.0, (500, 6000)), 6000);
     }

@@ -222,8 +222,11 @@ pub struct LinkTelemetry {
     pub state: LinkState,
     /// Round-trip time, ms.
     pub rtt_ms: u32,
-    /// Loss, per mille.
+    /// Loss, per mille: packets this link carried that the receiver asked
+    /// for again, over packets it carried.
     pub loss_permille: u16,
+    /// Retransmissions among what this link sent, per mille.
+    pub retransmit_permille: u16,
     /// Bitrate sent, kbit/s.
     pub kbps: u32,
     /// Share of the stream, per mille.

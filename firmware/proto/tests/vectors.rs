@@ -104,6 +104,7 @@ fn samples() -> Vec<Sample> {
                     state: LinkState::Up,
                     rtt_ms: 48,
                     loss_permille: 3,
+                    retransmit_permille: 12,
                     kbps: 2100,
                     share_permille: 512,
                     signal_percent: Some(71),

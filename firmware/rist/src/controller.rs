@@ -47,8 +47,14 @@ pub struct ControllerConfig {
     pub min_kbps: f64,
     /// Nor rises above this.
     pub max_kbps: f64,
-    /// Share of the summed estimates offered to the encoder.
+    /// Share of the summed estimates offered to the encoder: the one
+    /// headroom of the whole chain (room for retransmissions and for the
+    /// estimates' error). [`video_kbps`] takes only audio and mux overhead off.
     pub headroom: f64,
+    /// A link's estimate grows while its queue is quiet and it carries at
+    /// least this share of the estimate. Below `headroom`: a bond carrying
+    /// what the encoder makes at `headroom` must still probe upward.
+    pub probe_load: f64,
     /// Relative weight change below which librist is left alone.
     pub weight_hysteresis: f64,
     /// Window of the base-RTT minimum filter.
@@ -70,12 +76,13 @@ impl Default for ControllerConfig {
             dark_after: Duration::from_millis(150),
             dark_after_max: Duration::from_millis(1000),
             hold_down: Duration::from_millis(500),
-            hold_down_max: Duration::from_secs(16),
+            hold_down_max: Duration::from_secs(2),
             flap_window: Duration::from_secs(10),
             initial_kbps: 1000.0,
             min_kbps: 100.0,
             max_kbps: 200_000.0,
             headroom: 0.8,
+            probe_load: 0.7,
             weight_hysteresis: 0.15,
             base_rtt_window: Duration::from_secs(30),
             weight_scale: 20,
@@ -277,6 +284,16 @@ pub fn tick(
         .collect()
 }
 
+/// MPEG-TS and RIST overhead over the encoders' bit rates (PES and TS
+/// headers, RTP and GRE; about 5 % at these rates).
+pub const MUX_OVERHEAD: f64 = 0.05;
+
+/// The video encoder's bit rate for a bond whose usable capacity is
+/// `usable_kbps` (see [`usable_kbps`]), beside `audio_kbps` of audio.
+pub fn video_kbps(usable_kbps: f64, audio_kbps: f64) -> f64 {
+    (usable_kbps * (1.0 - MUX_OVERHEAD) - audio_kbps).max(0.0)
+}
+
 /// The bond's usable capacity: what the encoder may send, kbit/s.
 pub fn usable_kbps<'a>(
     cfg: &ControllerConfig,
@@ -409,7 +426,7 @@ fn update_link(
             l.capacity_kbps = cut.max(delivered * 0.9).max(cfg.min_kbps);
             l.last_cut = Some(now);
         }
-    } else if queueing < low && l.sent_kbps > 0.85 * l.capacity_kbps {
+    } else if queueing < low && l.sent_kbps > cfg.probe_load * l.capacity_kbps {
         // 4 % and 10 kbit/s per 100 ms, whatever the tick.
         let ticks = cfg.tick.as_secs_f64() / 0.1;
         l.capacity_kbps = (l.capacity_kbps * 1.04_f64.powf(ticks) + 10.0 * ticks).min(cfg.max_kbps);
@@ -632,5 +649,115 @@ mod tests {
             &[true, false],
         );
         assert!(!d[0].weight_changed && !d[1].weight_changed);
+    }
+
+    #[test]
+    fn dark_after_twice_the_base_rtt_and_never_under_150_ms() {
+        let cfg = cfg();
+        let t0 = Instant::now();
+        let mut links = vec![LinkControl::new(t0, 1000.0), LinkControl::new(t0, 1000.0)];
+        let mut sent = [0, 0];
+        for i in 1..=20u32 {
+            step(
+                &cfg,
+                t0 + cfg.tick * i,
+                &mut links,
+                &mut sent,
+                &[500.0, 500.0],
+                &[40, 300],
+                &[true, true],
+            );
+        }
+        assert_eq!(links[0].dark_after(&cfg), Duration::from_millis(150));
+        assert_eq!(links[1].dark_after(&cfg), Duration::from_millis(600));
+    }
+
+    #[test]
+    fn a_flapping_link_is_held_down_longer_each_time_up_to_the_cap() {
+        let cfg = cfg();
+        let t0 = Instant::now();
+        let mut links = vec![LinkControl::new(t0, 1000.0)];
+        let mut sent = [0];
+        let mut up_ticks = Vec::new();
+        // Up 1 s, down 1 s, for 12 s; then up for good.
+        for i in 1..=200u32 {
+            let heard = !(10..130).contains(&i) || (i / 10) % 2 == 0;
+            let d = step(
+                &cfg,
+                t0 + cfg.tick * i,
+                &mut links,
+                &mut sent,
+                &[500.0],
+                &[50],
+                &[heard],
+            );
+            if d[0].state == LinkState::Up {
+                up_ticks.push(i);
+            }
+        }
+        // Taken back after the first outage (500 ms hold), not on every blip
+        // after that (1 s, then 2 s: longer than the link stays up).
+        let flapping_up = up_ticks.iter().filter(|t| (20..130).contains(*t)).count();
+        assert!((1..=10).contains(&flapping_up), "{up_ticks:?}");
+        // Once it stays up, it carries again within 2 s (+ the dark threshold).
+        assert!(up_ticks.contains(&152), "{up_ticks:?}");
+    }
+
+    #[test]
+    fn retransmissions_go_to_the_up_link_with_room_and_the_lowest_rtt() {
+        let cfg = cfg();
+        let t0 = Instant::now();
+        let mut links: Vec<_> = (0..3).map(|_| LinkControl::new(t0, 2000.0)).collect();
+        let mut sent = [0, 0, 0];
+        for i in 1..=10u32 {
+            // Both up links have room, link 1 the shorter RTT; link 2,
+            // shorter still, is dark.
+            step(
+                &cfg,
+                t0 + cfg.tick * i,
+                &mut links,
+                &mut sent,
+                &[500.0, 500.0, 0.0],
+                &[70, 40, 20],
+                &[true, true, i < 3],
+            );
+        }
+        assert_eq!(links[2].state(), LinkState::Dark);
+        assert_eq!(retransmit_link(&links), Some(1));
+        // Nobody has room (a standing queue, neither cut nor grown): the
+        // one with the most.
+        let mut full: Vec<_> = (0..2).map(|_| LinkControl::new(t0, 1000.0)).collect();
+        let mut sent = [0, 0];
+        for i in 1..=20u32 {
+            let rtts = if i <= 8 { [40, 70] } else { [70, 100] };
+            step(
+                &cfg,
+                t0 + cfg.tick * i,
+                &mut full,
+                &mut sent,
+                &[1100.0, 1050.0],
+                &rtts,
+                &[true, true],
+            );
+        }
+        let v: Vec<_> = full
+            .iter()
+            .map(|l| (l.capacity_kbps(), l.sent_kbps(), l.rtt_ms()))
+            .collect();
+        assert_eq!(retransmit_link(&full), Some(1), "{v:?}");
+        assert_eq!(
+            retransmit_link(&[LinkControl::new(t0, 1000.0)]),
+            None,
+            "none up"
+        );
+    }
+
+    #[test]
+    fn the_encoder_gets_the_usable_capacity_less_audio_and_overhead() {
+        assert_eq!(
+            video_kbps(1000.0, 128.0),
+            1000.0 * (1.0 - MUX_OVERHEAD) - 128.0
+        );
+        assert_eq!(video_kbps(100.0, 128.0), 0.0);
     }
 }

@@ -19,7 +19,27 @@
 //!   because librist drops garbage only after waking for it and logs it only
 //!   now and then; finding librist's socket among our descriptors, because
 //!   librist cannot be handed one;
-//! - the controller, because librist's own balancing uses static weights.
+//! - the controller, because librist's own balancing uses static weights;
+//! - reading each outgoing datagram's RTP header ([`datagram`](crate::datagram),
+//!   private; with a PSK, one AES block of a copy is decrypted with
+//!   RustCrypto's `aes` and `pbkdf2`) and steering in the relays
+//!   ([`steering`](crate::steering), private), because librist sends a
+//!   retransmission back over whichever link the NACK came in on (the
+//!   receiver's lowest-RTT link, usually the narrowest), answers the NACKs a
+//!   25 ms reorder window raises for every packet of a slower link, and says
+//!   neither which link lost a packet nor anything of the packets in flight on
+//!   a link that dies.
+//!
+//! Why steer librist's sender instead of owning RIST's sender side (ARQ and
+//! scheduling) in Rust: librist keeps the wire standard (GRE, RTCP, the PSK
+//! scheme, key rotation, keepalives, buffer negotiation) and every receiver
+//! reads it; the relays already see every datagram and own every link's
+//! socket, so the decisions that cost the viewer (where a retransmission goes,
+//! which NACKs to answer, what to resend when a link dies) can be made there.
+//! What cannot be steered that way: a datagram keeps the nonce and GRE
+//! sequence of the librist peer that made it, so sending media across links
+//! is kept to retransmissions and rescues (a librist receiver derives a key
+//! again whenever the nonce it sees changes).
 
 pub mod controller;
 mod datagram;

@@ -153,6 +153,7 @@ fn telemetry(tick: u64) -> DeviceMessage {
                 state: LinkState::Up,
                 rtt_ms: 40 + (tick as u32 * 7 + i as u32 * 13) % 60,
                 loss_permille: (tick as u16 + i as u16) % 5,
+                retransmit_permille: (tick as u16 + i as u16) % 7,
                 kbps: 1500 + (tick as u32 * 37 + i as u32 * 101) % 1000,
                 share_permille: 333,
                 signal_percent: Some(60),

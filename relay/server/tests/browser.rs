@@ -123,6 +123,7 @@ async fn log_in_add_destination_change_settings_log_out() {
                 kbps: 2000 + i * 10,
                 rtt_ms: 60,
                 loss_permille: 4,
+                retransmit_permille: 6,
             }];
             if i > 3 {
                 samples.push(LinkSample {
@@ -131,6 +132,7 @@ async fn log_in_add_destination_change_settings_log_out() {
                     kbps: 1200,
                     rtt_ms: 85,
                     loss_permille: 9,
+                    retransmit_permille: 11,
                 });
             }
             senders::record_telemetry(&feeder_db, &feeder_sender, &samples)

@@ -667,6 +667,7 @@ async fn live_values_openapi_metrics_health() {
                 kbps: 1500 + i as i64 * 500,
                 rtt_ms: 45,
                 loss_permille: 3,
+                retransmit_permille: 5 + i as i64,
             })
             .collect();
         senders::record_telemetry(&app.state.db, &sid, &samples)
@@ -681,6 +682,11 @@ async fn live_values_openapi_metrics_health() {
             .send(b.get(&format!("/o/{}/senders/{sid}", org.id)))
             .await;
         assert!(html.contains("wwan1: 2000 kbit/s, 45 ms"), "chart legend");
+        // Loss and retransmissions, two figures per link.
+        assert!(
+            html.contains("wwan1: 2000 kbit/s, 45 ms, 3‰ loss, 6‰ retransmitted"),
+            "chart legend: {html}"
+        );
         assert!(html.contains("sse-connect=\"/o/"));
 
         // The live stream sends fresh fragments.

@@ -56,6 +56,7 @@ fn telemetry(kbps: u32) -> Vec<u8> {
             state: LinkState::Up,
             rtt_ms: 48,
             loss_permille: 1,
+            retransmit_permille: 2,
             kbps,
             share_permille: 1000,
             signal_percent: Some(70),

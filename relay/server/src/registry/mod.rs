@@ -231,6 +231,7 @@ pub async fn handle(state: &Arc<Relay>, msg: &Inbound) -> Result<(), HandleError
                     kbps: i64::from(l.kbps),
                     rtt_ms: i64::from(l.rtt_ms),
                     loss_permille: i64::from(l.loss_permille),
+                    retransmit_permille: i64::from(l.retransmit_permille),
                 })
                 .collect();
             if let Some(avg) = state.devices.telemetry.add(device, &samples) {

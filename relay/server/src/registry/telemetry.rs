@@ -16,9 +16,20 @@ pub const DOWNSAMPLE_MS: i64 = 10_000;
 #[derive(Default)]
 struct Device {
     recent: VecDeque<LinkSample>,
-    /// Per link: (sum kbps, sum rtt, max loss, count) of the current interval.
-    pending: HashMap<String, (i64, i64, i64, i64)>,
+    /// Per link, the current interval.
+    pending: HashMap<String, Interval>,
     interval_start: i64,
+}
+
+/// One link's samples of the current interval: sums of the averaged
+/// figures, the worst of loss and retransmissions.
+#[derive(Default)]
+struct Interval {
+    kbps: i64,
+    rtt_ms: i64,
+    loss_permille: i64,
+    retransmit_permille: i64,
+    n: i64,
 }
 
 /// Telemetry of every device that sent some.
@@ -43,12 +54,13 @@ impl LiveTelemetry {
             Some(
                 d.pending
                     .drain()
-                    .map(|(link, (kbps, rtt, loss, n))| LinkSample {
+                    .map(|(link, i)| LinkSample {
                         ts: start,
                         link,
-                        kbps: kbps / n,
-                        rtt_ms: rtt / n,
-                        loss_permille: loss,
+                        kbps: i.kbps / i.n,
+                        rtt_ms: i.rtt_ms / i.n,
+                        loss_permille: i.loss_permille,
+                        retransmit_permille: i.retransmit_permille,
                     })
                     .collect(),
             )
@@ -57,11 +69,12 @@ impl LiveTelemetry {
         };
         for s in samples {
             d.recent.push_back(s.clone());
-            let p = d.pending.entry(s.link.clone()).or_insert((0, 0, 0, 0));
-            p.0 += s.kbps;
-            p.1 += s.rtt_ms;
-            p.2 = p.2.max(s.loss_permille);
-            p.3 += 1;
+            let i = d.pending.entry(s.link.clone()).or_default();
+            i.kbps += s.kbps;
+            i.rtt_ms += s.rtt_ms;
+            i.loss_permille = i.loss_permille.max(s.loss_permille);
+            i.retransmit_permille = i.retransmit_permille.max(s.retransmit_permille);
+            i.n += 1;
         }
         while d.recent.front().is_some_and(|s| s.ts < ts - KEEP_MS) {
             d.recent.pop_front();
@@ -101,6 +114,7 @@ mod tests {
             kbps,
             rtt_ms: 50,
             loss_permille: loss,
+            retransmit_permille: 2 * loss,
         }
     }
 
@@ -126,6 +140,10 @@ mod tests {
             .unwrap();
         assert_eq!(first.kbps, 1004); // mean of 1000..=1009
         assert_eq!(first.loss_permille, 7, "the worst loss of the interval");
+        assert_eq!(
+            first.retransmit_permille, 14,
+            "the worst share of the interval"
+        );
         assert_eq!(t.since("d", 1_000_000 + 20_000).len(), 8);
         assert!(t.since("other", 0).is_empty());
 

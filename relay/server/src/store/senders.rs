@@ -267,6 +267,8 @@ pub struct LinkSample {
     pub rtt_ms: i64,
     /// Loss, per mille.
     pub loss_permille: i64,
+    /// Retransmissions among what the link sent, per mille.
+    pub retransmit_permille: i64,
 }
 
 /// Stores telemetry samples of one sender.
@@ -277,13 +279,14 @@ pub async fn record_telemetry(
 ) -> sqlx::Result<()> {
     let mut tx = db.begin().await?;
     for s in samples {
-        sqlx::query("INSERT INTO telemetry (sender_id, ts, link, kbps, rtt_ms, loss_permille) VALUES ($1, $2, $3, $4, $5, $6)")
+        sqlx::query("INSERT INTO telemetry (sender_id, ts, link, kbps, rtt_ms, loss_permille, retransmit_permille) VALUES ($1, $2, $3, $4, $5, $6, $7)")
             .bind(sender_id)
             .bind(s.ts)
             .bind(&s.link)
             .bind(s.kbps)
             .bind(s.rtt_ms)
             .bind(s.loss_permille)
+            .bind(s.retransmit_permille)
             .execute(&mut *tx)
             .await?;
     }
@@ -300,7 +303,7 @@ pub async fn telemetry_since(
     limit: i64,
 ) -> sqlx::Result<Vec<LinkSample>> {
     let mut rows: Vec<LinkSample> = sqlx::query_as(
-        "SELECT t.ts, t.link, t.kbps, t.rtt_ms, t.loss_permille FROM telemetry t \
+        "SELECT t.ts, t.link, t.kbps, t.rtt_ms, t.loss_permille, t.retransmit_permille FROM telemetry t \
          JOIN senders s ON s.id = t.sender_id \
          WHERE s.org_id = $1 AND t.sender_id = $2 AND t.ts > $3 ORDER BY t.ts DESC LIMIT $4",
     )
@@ -315,7 +318,7 @@ pub async fn telemetry_since(
 }
 
 /// The sender's samples newer than `since_ms` averaged per link over
-/// `bucket_ms` (loss: the worst in the bucket), oldest first, for charts:
+/// `bucket_ms` (loss and retransmissions: the worst in the bucket), oldest first, for charts:
 /// a few hundred points instead of every sample.
 pub async fn telemetry_buckets(
     db: &Db,
@@ -327,7 +330,8 @@ pub async fn telemetry_buckets(
     let bucket_ms = bucket_ms.max(1);
     sqlx::query_as(
         "SELECT (t.ts / $4) * $4 AS ts, t.link, CAST(AVG(t.kbps) AS BIGINT) AS kbps, \
-         CAST(AVG(t.rtt_ms) AS BIGINT) AS rtt_ms, MAX(t.loss_permille) AS loss_permille \
+         CAST(AVG(t.rtt_ms) AS BIGINT) AS rtt_ms, MAX(t.loss_permille) AS loss_permille, \
+         MAX(t.retransmit_permille) AS retransmit_permille \
          FROM telemetry t JOIN senders s ON s.id = t.sender_id \
          WHERE s.org_id = $1 AND t.sender_id = $2 AND t.ts > $3 \
          GROUP BY t.ts / $4, t.link ORDER BY 1, 2",

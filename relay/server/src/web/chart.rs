@@ -29,6 +29,8 @@ pub struct Series {
     pub last_rtt: i64,
     /// Latest loss, per mille.
     pub last_loss: i64,
+    /// Latest share of retransmissions among what the link sent, per mille.
+    pub last_retransmit: i64,
 }
 
 /// The chart's data.
@@ -69,6 +71,7 @@ pub fn build(samples: &[LinkSample], now_ms: i64, window_ms: i64) -> Chart {
                 last_kbps: last.kbps,
                 last_rtt: last.rtt_ms,
                 last_loss: last.loss_permille,
+                last_retransmit: last.retransmit_permille,
             }
         })
         .collect();
@@ -118,6 +121,7 @@ mod tests {
             kbps,
             rtt_ms: rtt,
             loss_permille: 0,
+            retransmit_permille: 0,
         }
     }
 
