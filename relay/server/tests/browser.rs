@@ -79,6 +79,7 @@ async fn log_in_add_destination_change_settings_log_out() {
             enabled: true,
             rsrp_dbm: Some(-97.0),
             sinr_db: Some(12.0),
+            data: "carrying data".into(),
         }],
         inputs: vec![InputInfo {
             id: "hdmi0".into(),

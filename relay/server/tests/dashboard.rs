@@ -928,3 +928,54 @@ async fn registration_when_open_and_password_change() {
         ));
     }
 }
+
+#[tokio::test]
+async fn the_sender_page_says_why_a_modem_carries_no_data() {
+    use strata_proto::message::{self as proto, ModemData, SimState};
+    for db in test_databases().await {
+        let app = TestApp::new(&db).await;
+        let org = app.org("Acme").await;
+        let viewer = app.member(&org, "v@example.com", Role::Viewer).await;
+        let b = app.browser(&viewer).await;
+        let modem = |id: &str, sim, data| proto::Modem {
+            id: id.into(),
+            manufacturer: "Quectel".into(),
+            model: "EG25-G".into(),
+            imei: "861536030196001".into(),
+            operator: None,
+            access_tech: "lte".into(),
+            signal_percent: 0,
+            rsrp_dbm: None,
+            rsrq_db: None,
+            sinr_db: None,
+            sim,
+            enabled: true,
+            apn: None,
+            interface: None,
+            data,
+        };
+        let reported = proto::Inventory {
+            modems: vec![
+                modem("m1", SimState::Locked, ModemData::SimPinRequired),
+                modem(
+                    "m2",
+                    SimState::Ready,
+                    ModemData::BearerFailed { nm_reason: 29 },
+                ),
+            ],
+            ..Default::default()
+        };
+        let sid = senders::create(&app.state.db, &org.id, "van-1", &Inventory::from(&reported))
+            .await
+            .unwrap();
+        let (status, _, html) = app
+            .send(b.get(&format!("/o/{}/senders/{sid}", org.id)))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(html.contains("the SIM needs its PIN"), "{html}");
+        assert!(
+            html.contains("the data connection failed (NetworkManager reason 29); retrying"),
+            "{html}"
+        );
+    }
+}

@@ -75,6 +75,9 @@ pub struct ModemInfo {
     pub rsrp_dbm: Option<f32>,
     /// LTE/5G SINR, dB, where the modem reports it.
     pub sinr_db: Option<f32>,
+    /// Whether it carries data, and if not, why, as the owner reads it
+    /// (empty: the device did not say).
+    pub data: String,
 }
 
 /// One media input.
@@ -344,6 +347,27 @@ pub async fn telemetry_buckets(
     .await
 }
 
+/// A modem's data state in the owner's words.
+fn modem_data(d: strata_proto::message::ModemData) -> String {
+    use strata_proto::message::ModemData;
+    match d {
+        ModemData::Unknown => String::new(),
+        ModemData::Connected => "carrying data".into(),
+        ModemData::Connecting => "connecting".into(),
+        ModemData::Disabled => "turned off".into(),
+        ModemData::NoSim => "no SIM card".into(),
+        ModemData::SimPinRequired => "the SIM needs its PIN".into(),
+        ModemData::SimPukLocked => "the SIM is locked: it needs its PUK".into(),
+        ModemData::SimLocked => "the SIM is locked by the network or operator".into(),
+        ModemData::Searching => "searching for a network (no signal)".into(),
+        ModemData::RegistrationDenied => "the network refused the SIM".into(),
+        ModemData::RoamingNotAllowed => "roaming: data not allowed".into(),
+        ModemData::BearerFailed { nm_reason } => {
+            format!("the data connection failed (NetworkManager reason {nm_reason}); retrying")
+        }
+    }
+}
+
 /// What the agent reports, as the dashboard shows it.
 impl From<&strata_proto::message::Inventory> for Inventory {
     fn from(inv: &strata_proto::message::Inventory) -> Self {
@@ -384,6 +408,7 @@ impl From<&strata_proto::message::Inventory> for Inventory {
                     }
                     .into(),
                     interface: m.interface.clone().unwrap_or_default(),
+                    data: modem_data(m.data),
                 })
                 .collect(),
             inputs: inv
