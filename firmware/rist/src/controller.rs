@@ -3,13 +3,19 @@
 //!
 //! Per link it keeps a capacity estimate, adapted like a delay-based congestion
 //! controller: queueing delay (RTT above the link's recent minimum) beyond a
-//! threshold cuts the estimate multiplicatively; a quiet queue while the link
-//! carries close to its estimate grows it. Weights are proportional to the
-//! estimates, so each link carries what it can. A link from which nothing came
-//! back for `dark_after` is parked at weight 0 which, in librist, means "send
-//! copies here": it never holds the only copy of a packet. Its relay drops
-//! those copies and passes only the small keepalives, which show when it heals. A healed link comes back at half its
-//! old estimate and grows from there.
+//! threshold cuts the estimate, though not below what the link delivers (what
+//! it was sent less what the receiver NACKed); a quiet queue while the link
+//! carries `probe_load` of its estimate grows it. Weights are proportional to
+//! the estimates, so each link carries what it can. A link from which nothing
+//! came back for max(`dark_after`, 2 x its base RTT) is parked at weight 0
+//! which, in librist, means "send copies here": it never holds the only copy
+//! of a packet. Its relay drops those copies (new media) and passes control
+//! packets, whose answers show when it heals; the media it sent in its last
+//! round trip is sent again on the live links at once ([`Decision::rescue_since`]).
+//! A healed link waits out a hold-down that doubles while it flaps, then
+//! comes back at half its old estimate and grows from there. The controller
+//! also picks the link retransmissions leave by ([`retransmit_link`]) and the
+//! encoder's bit rate ([`usable_kbps`], [`video_kbps`]): one headroom, here.
 //!
 //! librist resets a peer's round-robin credit on every weight change, which can
 //! skip a packet (later recovered by NACK) and lets that peer take its whole
